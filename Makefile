@@ -1,0 +1,17 @@
+# The two set-up commands of the README. Each installs what is missing first.
+.PHONY: run test deps bench
+
+deps:
+	@./Scripts/install-deps.sh
+
+## Runs the example program.
+run: deps
+	swift run --package-path Examples -c release quill
+
+## Runs the test suite.
+test: deps
+	swift test
+
+## Runs the TensorCore benchmark (see Benchmarks/README.md).
+bench: deps
+	swift run --package-path Benchmarks -c release tensorcore-bench

@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+// Quill: CPU inference for large language models, as an embeddable Swift package.
+// The root package exports libraries only; example programs and benchmarks are separate
+// packages under Examples/ and Benchmarks/ that depend on this one by path. No target
+// uses unsafeFlags, so Quill works as a versioned dependency: the AVX2 kernels get their
+// instruction set from per-function target attributes in CQuillKernels instead.
+import PackageDescription
+
+let package = Package(
+    name: "Quill",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "Quill", targets: ["Quill"]),
+        .library(name: "TensorCore", targets: ["TensorCore"]),
+    ],
+    targets: [
+        .target(name: "CQuillKernels"),
+        .systemLibrary(
+            name: "CQuillBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .target(
+            name: "TensorCore",
+            dependencies: [
+                "CQuillKernels",
+                .target(name: "CQuillBLAS", condition: .when(platforms: [.linux])),
+            ],
+            linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]
+        ),
+        .target(name: "Quill", dependencies: ["TensorCore"]),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

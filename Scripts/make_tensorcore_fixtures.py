@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Reference values for TensorCore's tests, computed by code nobody here wrote.
+
+- Q8_0 / Q4_0 bytes and dequantized values from the `gguf` package (llama.cpp's Python
+  port of ggml's reference quantizers, bit-exact with ggml-quants.c).
+- float16 / bfloat16 rounding from numpy and torch.
+- RoPE inverse frequencies, attention scaling and cos/sin tables from Hugging Face
+  transformers' LlamaRotaryEmbedding, for every scaling type Quill supports.
+
+Run by hand (not by CI):
+    pip install numpy torch transformers gguf
+    python3 Scripts/make_tensorcore_fixtures.py
+It rewrites Tests/TensorCoreTests/Fixtures/{quantization,rope}.json.
+"""
+import json
+import pathlib
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, dequantize, quantize
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "Tests" / "TensorCoreTests" / "Fixtures"
+
+
+def quantization_fixture():
+    rng = np.random.default_rng(1234)
+    blocks = [rng.normal(0, 1, 32) * scale for scale in (1e-3, 0.02, 0.5, 1.0, 7.0, 300.0)]
+    blocks += [rng.uniform(-1, 1, 32) for _ in range(20)]
+    blocks.append(np.zeros(32))                          # zero block: scale 0
+    blocks.append(np.full(32, -2.5))                     # all equal, negative
+    blocks.append(np.linspace(-8, 8, 32))                # ties at .5 after scaling
+    tie = np.arange(32) - 15.5
+    blocks.append(tie * (127 / 16.5) / 127 * 16.5 / 16)  # many x/d near half-integers
+    blocks.append(np.where(np.arange(32) % 2 == 0, 1e-6, -3e-6))  # tiny values
+    spike = rng.normal(0, 0.01, 32)
+    spike[7] = -50.0                                     # one outlier, negative max
+    blocks.append(spike)
+    values = np.concatenate(blocks).astype(np.float32)
+
+    fixture = {"input": [float(v) for v in values]}
+    for name, kind in (("q8_0", GGMLQuantizationType.Q8_0), ("q4_0", GGMLQuantizationType.Q4_0)):
+        raw = quantize(values.reshape(1, -1), kind)
+        fixture[name] = bytes(raw.reshape(-1)).hex()
+        fixture[name + "_dequantized"] = [float(v) for v in dequantize(raw, kind).reshape(-1)]
+    fixture["f16_bits"] = [int(v) for v in values.astype(np.float16).view(np.uint16)]
+    specials = np.array([65504.0, 65520.0, 1e6, -1e6, 6.0e-8, 2.9e-8, 3.0e-8, 1e-10, -0.0, 5.96e-8,
+                         np.inf, -np.inf], dtype=np.float32)
+    fixture["f16_special_input"] = [float(v) if np.isfinite(v) else str(v) for v in specials]
+    fixture["f16_special_bits"] = [int(v) for v in specials.astype(np.float16).view(np.uint16)]
+    fixture["bf16_bits"] = [int(v) for v in torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().astype(np.uint16)]
+    return fixture
+
+
+def rope_case(name, rope_parameters, head_dim=64, max_positions=2048, positions=(0, 1, 7, 100, 1999, 4095)):
+    config = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, head_dim=head_dim,
+                         max_position_embeddings=max_positions, rope_parameters=rope_parameters)
+    rope = LlamaRotaryEmbedding(config)
+    inv_freq = rope.inv_freq.clone()
+    x = torch.zeros(1, 1, head_dim)
+    case = {"name": name, "head_dim": head_dim, "max_position_embeddings": max_positions,
+            "rope_parameters": rope_parameters,
+            "inv_freq": [float(v) for v in inv_freq],
+            "attention_scaling": float(rope.attention_scaling),
+            "positions": list(positions), "cos": [], "sin": []}
+    for p in positions:
+        # One position per call, as a decode step sees it (dynamic scaling depends on it).
+        cos, sin = rope(x, torch.tensor([[p]]))
+        half = head_dim // 2
+        case["cos"].append([float(v) for v in cos[0, 0, :half]])
+        case["sin"].append([float(v) for v in sin[0, 0, :half]])
+    # A rotated query (half-split layout) to check the whole rotation.
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 1, head_dim)
+    cos, sin = rope(x, torch.tensor([[positions[3]]]))
+    rotate_half = lambda t: torch.cat((-t[..., head_dim // 2:], t[..., : head_dim // 2]), dim=-1)
+    rotated = q * cos.unsqueeze(1) + rotate_half(q) * sin.unsqueeze(1)
+    case["query"] = [float(v) for v in q.reshape(-1)]
+    case["rotated_query_position"] = positions[3]
+    case["rotated_query"] = [float(v) for v in rotated.reshape(-1)]
+    return case
+
+
+def rope_fixture():
+    return {"cases": [
+        rope_case("default", {"rope_type": "default", "rope_theta": 10000.0}),
+        rope_case("default_theta_1e6_dim128", {"rope_type": "default", "rope_theta": 1000000.0}, head_dim=128),
+        rope_case("linear", {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+        rope_case("llama3", {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        rope_case("yarn", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                           "original_max_position_embeddings": 512}),
+        rope_case("dynamic", {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}, max_positions=256,
+                  positions=(0, 5, 100, 200, 255, 300)),
+    ]}
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "quantization.json").write_text(json.dumps(quantization_fixture()))
+    (OUT / "rope.json").write_text(json.dumps(rope_fixture()))
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+// AVX2 + FMA + F16C kernels, compiled per function through a target attribute so the
+// package builds without unsafe flags; dispatch.c calls them only when cpuid allows.
+#include "internal.h"
+#ifdef QUILL_X86
+#include <immintrin.h>
+#include <math.h>
+
+static inline QUILL_AVX2 float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline QUILL_AVX2 float hmax256(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// exp(x) for float lanes: Cephes-style range reduction to [-ln2/2, ln2/2] and a degree-5
+// polynomial; about 2 ulp over the range where expf is finite and normal.
+static inline QUILL_AVX2 __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+    fx = _mm256_floor_ps(fx);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+    n = _mm256_max_epi32(n, _mm256_setzero_si256());
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+}
+
+void QUILL_AVX2 quill_f16_to_f32_avx2(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+}
+
+// MARK: - Float GEMV: four weight rows share each load of x; two accumulators per row
+// keep the FMA pipes busy. LOAD8 turns 8 weights at p into floats.
+
+#define FLOAT_GEMV(NAME, ELEM, LOAD8, SCALAR)                                               \
+    void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y,    \
+                         int64_t r0, int64_t r1) {                                           \
+        int64_t r = r0;                                                                      \
+        for (; r + 4 <= r1; r += 4) {                                                        \
+            const ELEM *p0 = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);      \
+            const ELEM *p1 = (const ELEM *)(const void *)((const uint8_t *)p0 + rs);         \
+            const ELEM *p2 = (const ELEM *)(const void *)((const uint8_t *)p1 + rs);         \
+            const ELEM *p3 = (const ELEM *)(const void *)((const uint8_t *)p2 + rs);         \
+            __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0,   \
+                   a3 = a0, b3 = a0;                                                         \
+            int64_t i = 0;                                                                   \
+            for (; i + 16 <= k; i += 16) {                                                   \
+                const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);   \
+                a0 = _mm256_fmadd_ps(LOAD8(p0 + i), x0, a0);                                 \
+                b0 = _mm256_fmadd_ps(LOAD8(p0 + i + 8), x1, b0);                             \
+                a1 = _mm256_fmadd_ps(LOAD8(p1 + i), x0, a1);                                 \
+                b1 = _mm256_fmadd_ps(LOAD8(p1 + i + 8), x1, b1);                             \
+                a2 = _mm256_fmadd_ps(LOAD8(p2 + i), x0, a2);                                 \
+                b2 = _mm256_fmadd_ps(LOAD8(p2 + i + 8), x1, b2);                             \
+                a3 = _mm256_fmadd_ps(LOAD8(p3 + i), x0, a3);                                 \
+                b3 = _mm256_fmadd_ps(LOAD8(p3 + i + 8), x1, b3);                             \
+            }                                                                                \
+            for (; i + 8 <= k; i += 8) {                                                     \
+                const __m256 x0 = _mm256_loadu_ps(x + i);                                    \
+                a0 = _mm256_fmadd_ps(LOAD8(p0 + i), x0, a0);                                 \
+                a1 = _mm256_fmadd_ps(LOAD8(p1 + i), x0, a1);                                 \
+                a2 = _mm256_fmadd_ps(LOAD8(p2 + i), x0, a2);                                 \
+                a3 = _mm256_fmadd_ps(LOAD8(p3 + i), x0, a3);                                 \
+            }                                                                                \
+            float s0 = hsum256(_mm256_add_ps(a0, b0)), s1 = hsum256(_mm256_add_ps(a1, b1)); \
+            float s2 = hsum256(_mm256_add_ps(a2, b2)), s3 = hsum256(_mm256_add_ps(a3, b3)); \
+            for (; i < k; i++) {                                                             \
+                s0 += SCALAR(p0[i]) * x[i]; s1 += SCALAR(p1[i]) * x[i];                      \
+                s2 += SCALAR(p2[i]) * x[i]; s3 += SCALAR(p3[i]) * x[i];                      \
+            }                                                                                \
+            y[r] = s0; y[r + 1] = s1; y[r + 2] = s2; y[r + 3] = s3;                          \
+        }                                                                                    \
+        for (; r < r1; r++) {                                                                \
+            const ELEM *p = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);       \
+            __m256 a = _mm256_setzero_ps();                                                  \
+            int64_t i = 0;                                                                   \
+            for (; i + 8 <= k; i += 8) a = _mm256_fmadd_ps(LOAD8(p + i), _mm256_loadu_ps(x + i), a); \
+            float s = hsum256(a);                                                            \
+            for (; i < k; i++) s += SCALAR(p[i]) * x[i];                                     \
+            y[r] = s;                                                                        \
+        }                                                                                    \
+    }
+
+#define LOAD_F32(p) _mm256_loadu_ps(p)
+#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define LOAD_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
+#define SCALAR_F32(v) (v)
+#define SCALAR_F16(v) _cvtsh_ss(v)
+#define SCALAR_BF16(v) quill_bf16_bits_to_f32(v)
+
+FLOAT_GEMV(quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
+FLOAT_GEMV(quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
+FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
+
+// MARK: - Quantized GEMV (int8 dot products, as ggml does)
+
+// Sum of the 32 int8 products of a signed weight block and a signed activation block:
+// maddubs needs one unsigned operand, so move w's sign onto x.
+static inline QUILL_AVX2 __m256 dot_q8(__m256i w, __m256i x) {
+    const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(products, _mm256_set1_epi16(1)));
+}
+
+void QUILL_AVX2 quill_gemv_q8_0_avx2(const void *w, int64_t rs, const int8_t *xq, const float *xd,
+                                     const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
+    (void)xs;
+    const int64_t nb = k / QUILL_QK;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const uint8_t *p[4];
+        for (int j = 0; j < 4; j++) p[j] = (const uint8_t *)w + (r + j) * rs;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t b = 0; b < nb; b++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QUILL_QK));
+            const float dx = xd[b];
+            for (int j = 0; j < 4; j++) {
+                const uint8_t *blk = p[j] + b * QUILL_Q8_0_BLOCK_BYTES;
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                const __m256 scale = _mm256_set1_ps(_cvtsh_ss(quill_read_u16(blk)) * dx);
+                acc[j] = _mm256_fmadd_ps(scale, dot_q8(wv, xv), acc[j]);
+            }
+        }
+        for (int j = 0; j < 4; j++) y[r + j] = hsum256(acc[j]);
+    }
+    for (; r < r1; r++) {
+        const uint8_t *p = (const uint8_t *)w + r * rs;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = p + b * QUILL_Q8_0_BLOCK_BYTES;
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QUILL_QK));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(quill_read_u16(blk)) * xd[b]), dot_q8(wv, xv), acc);
+        }
+        y[r] = hsum256(acc);
+    }
+}
+
+// Q4_0 nibbles are unsigned (0..15), so maddubs takes them as they are; the -8 offset is
+// applied afterwards through the activation block sums: sum((n-8)x) = sum(n x) - 8 sum(x).
+static inline QUILL_AVX2 __m256i unpack_q4(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(raw, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    return _mm256_set_m128i(hi, lo);
+}
+
+static inline QUILL_AVX2 __m256 dot_q4(__m256i w, __m256i x) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)));
+}
+
+void QUILL_AVX2 quill_gemv_q4_0_avx2(const void *w, int64_t rs, const int8_t *xq, const float *xd,
+                                     const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
+    const int64_t nb = k / QUILL_QK;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const uint8_t *p[4];
+        for (int j = 0; j < 4; j++) p[j] = (const uint8_t *)w + (r + j) * rs;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        float correction[4] = {0, 0, 0, 0};
+        for (int64_t b = 0; b < nb; b++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QUILL_QK));
+            const float dx = xd[b], sx = 8.0f * xs[b];
+            for (int j = 0; j < 4; j++) {
+                const uint8_t *blk = p[j] + b * QUILL_Q4_0_BLOCK_BYTES;
+                const float dw = _cvtsh_ss(quill_read_u16(blk));
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), dot_q4(unpack_q4(blk + 2), xv), acc[j]);
+                correction[j] += dw * sx;
+            }
+        }
+        for (int j = 0; j < 4; j++) y[r + j] = hsum256(acc[j]) - correction[j];
+    }
+    for (; r < r1; r++) {
+        const uint8_t *p = (const uint8_t *)w + r * rs;
+        __m256 acc = _mm256_setzero_ps();
+        float correction = 0;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = p + b * QUILL_Q4_0_BLOCK_BYTES;
+            const float dw = _cvtsh_ss(quill_read_u16(blk));
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * QUILL_QK));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[b]), dot_q4(unpack_q4(blk + 2), xv), acc);
+            correction += dw * 8.0f * xs[b];
+        }
+        y[r] = hsum256(acc) - correction;
+    }
+}
+
+#define ROUND_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+void QUILL_AVX2 quill_quantize_activation_avx2(const float *x, int64_t k, int8_t *q, float *d, float *s) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < k / QUILL_QK; b++) {
+        const float *xb = x + b * QUILL_QK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 amax = _mm256_max_ps(_mm256_andnot_ps(sign_bit, v0), _mm256_andnot_ps(sign_bit, v1));
+        amax = _mm256_max_ps(amax, _mm256_max_ps(_mm256_andnot_ps(sign_bit, v2), _mm256_andnot_ps(sign_bit, v3)));
+        const float scale = hmax256(amax) / 127.0f;
+        const __m256 inverse = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, inverse), ROUND_NEAREST));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, inverse), ROUND_NEAREST));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, inverse), ROUND_NEAREST));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, inverse), ROUND_NEAREST));
+        const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+        // Pack 4 x 8 int32 to 32 int8; the packs interleave 128-bit lanes, the permute undoes it.
+        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(q + b * QUILL_QK), packed);
+        d[b] = scale;
+        s[b] = scale * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+// MARK: - Elementwise
+
+void QUILL_AVX2 quill_rmsnorm_avx2(const float *x, const float *w, float *y, int64_t n, float eps) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float sum = hsum256(acc);
+    for (; i < n; i++) sum += x[i] * x[i];
+    const float inverse = 1.0f / sqrtf(sum / (float)n + eps);
+    const __m256 vi = _mm256_set1_ps(inverse);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vi), _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) y[i] = (x[i] * inverse) * w[i];
+}
+
+void QUILL_AVX2 quill_silu_avx2(const float *x, float *y, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+    }
+    for (; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void QUILL_AVX2 quill_swiglu_avx2(const float *g, const float *u, float *y, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(g + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) y[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
+}
+
+void QUILL_AVX2 quill_softmax_avx2(float *x, int64_t n) {
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+    float max = hmax256(vmax);
+    for (; i < n; i++) max = fmaxf(max, x[i]);
+    const __m256 m = _mm256_set1_ps(max);
+    __m256 acc = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = hsum256(acc);
+    for (; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    const __m256 inverse = _mm256_set1_ps(1.0f / sum);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inverse));
+    for (; i < n; i++) x[i] *= 1.0f / sum;
+}
+
+float QUILL_AVX2 quill_dot_f32_avx2(const float *a, const float *b, int64_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float sum = hsum256(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+#endif

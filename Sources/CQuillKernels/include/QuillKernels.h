@@ -1,0 +1,116 @@
+// Quill's hot kernels. Every entry point is dispatched once, at run time, between an
+// AVX2/FMA/F16C implementation (compiled with a per-function target attribute, so the
+// package needs no unsafe compiler flags) and a portable scalar one. The Swift layer
+// (TensorCore) validates all shapes and buffer sizes before calling in here: these
+// functions trust their arguments.
+#ifndef QUILL_KERNELS_H
+#define QUILL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// MARK: - Dispatch
+
+/// 0 = portable scalar code, 1 = AVX2 + FMA + F16C.
+int quill_kernel_level(void);
+/// The best level this CPU supports.
+int quill_kernel_best_level(void);
+/// Forces a level (clamped to what the CPU supports); tests use it to check both paths.
+void quill_set_kernel_level(int level);
+/// Overrides the level for the calling thread only (-1 removes the override).
+void quill_set_thread_kernel_level(int level);
+
+// MARK: - GGML block layouts (byte-identical to ggml's block_q8_0 / block_q4_0)
+
+#define QUILL_QK 32
+#define QUILL_Q8_0_BLOCK_BYTES 34
+#define QUILL_Q4_0_BLOCK_BYTES 18
+
+// MARK: - Conversions (n elements)
+
+void quill_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
+void quill_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
+void quill_bf16_to_f32(const uint16_t *src, float *dst, int64_t n);
+void quill_f32_to_bf16(const float *src, uint16_t *dst, int64_t n);
+float quill_f16_to_f32_scalar(uint16_t h);
+uint16_t quill_f32_to_f16_scalar(float f);
+
+/// GGML's reference quantizers (n % 32 == 0); dst receives n/32 blocks.
+void quill_quantize_q8_0(const float *src, void *dst, int64_t n);
+void quill_quantize_q4_0(const float *src, void *dst, int64_t n);
+void quill_dequantize_q8_0(const void *src, float *dst, int64_t n);
+void quill_dequantize_q4_0(const void *src, float *dst, int64_t n);
+
+/// Quantizes an activation row (k % 32 == 0) for dotting against Q8_0/Q4_0 weights:
+/// q[k] int8 values, d[k/32] block scales, s[k/32] = d * (sum of the block's q).
+void quill_quantize_activation(const float *x, int64_t k, int8_t *q, float *d, float *s);
+
+// MARK: - Matrix x vector: y[r] = dot(W[r, 0..<k], x) for r in [row_begin, row_end)
+// row_stride is in bytes: rows of a weight matrix are contiguous in GGML/PyTorch layout.
+
+void quill_gemv_f32(const void *w, int64_t row_stride, const float *x, int64_t k,
+                    float *y, int64_t row_begin, int64_t row_end);
+void quill_gemv_f16(const void *w, int64_t row_stride, const float *x, int64_t k,
+                    float *y, int64_t row_begin, int64_t row_end);
+void quill_gemv_bf16(const void *w, int64_t row_stride, const float *x, int64_t k,
+                     float *y, int64_t row_begin, int64_t row_end);
+/// Quantized weights dotted against an activation quantized by quill_quantize_activation.
+void quill_gemv_q8_0(const void *w, int64_t row_stride, const int8_t *xq, const float *xd,
+                     const float *xs, int64_t k, float *y, int64_t row_begin, int64_t row_end);
+void quill_gemv_q4_0(const void *w, int64_t row_stride, const int8_t *xq, const float *xd,
+                     const float *xs, int64_t k, float *y, int64_t row_begin, int64_t row_end);
+
+/// Dequantizes rows [row_begin, row_end) of a weight matrix of any supported type into
+/// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0.
+void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
+                           int64_t row_begin, int64_t row_end, float *dst);
+
+// MARK: - Elementwise and reductions
+
+/// y = (x * rsqrt(mean(x^2) + eps)) * weight, the order Hugging Face uses.
+void quill_rmsnorm(const float *x, const float *weight, float *y, int64_t n, float eps);
+/// Rotates n_heads vectors of head_dim floats in place at one position. Only the first
+/// rot_dim dimensions rotate. cos/sin hold rot_dim/2 values. layout 0: half-split pairs
+/// (i, i + rot_dim/2), Hugging Face's rotate_half; layout 1: adjacent pairs (2i, 2i+1).
+void quill_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+                const float *cos_table, const float *sin_table, int layout);
+void quill_silu(const float *x, float *y, int64_t n);
+/// y = silu(gate) * up (the SwiGLU MLP's gate).
+void quill_swiglu(const float *gate, const float *up, float *y, int64_t n);
+/// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
+void quill_gelu(const float *x, float *y, int64_t n);
+/// GELU with the tanh approximation (PyTorch's approximate="tanh").
+void quill_gelu_tanh(const float *x, float *y, int64_t n);
+/// Numerically stable softmax in place.
+void quill_softmax(float *x, int64_t n);
+void quill_add(const float *a, const float *b, float *y, int64_t n);
+void quill_mul(const float *a, const float *b, float *y, int64_t n);
+void quill_scale(float *x, float s, int64_t n);
+float quill_dot_f32(const float *a, const float *b, int64_t n);
+/// Index of the largest value (the first on ties); n > 0.
+int64_t quill_argmax(const float *x, int64_t n);
+/// The k largest values, sorted descending (ties: lower index first). Returns the count
+/// written, min(k, n).
+int64_t quill_top_k(const float *x, int64_t n, int64_t k, int64_t *indices, float *values);
+
+// MARK: - Thread pool
+
+typedef struct quill_pool quill_pool;
+typedef void (*quill_task_fn)(void *context, int64_t task);
+
+/// A persistent pool: n_threads - 1 workers plus the calling thread. NULL on failure.
+quill_pool *quill_pool_create(int n_threads);
+void quill_pool_destroy(quill_pool *pool);
+int quill_pool_threads(const quill_pool *pool);
+/// Runs fn(context, i) for every i in [0, n_tasks) across the pool and returns when all
+/// are done. Concurrent calls on one pool are serialized.
+void quill_pool_run(quill_pool *pool, quill_task_fn fn, void *context, int64_t n_tasks);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

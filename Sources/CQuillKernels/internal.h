@@ -1,0 +1,56 @@
+// Declarations shared by the scalar and AVX2 translation units.
+#ifndef QUILL_INTERNAL_H
+#define QUILL_INTERNAL_H
+#include "QuillKernels.h"
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QUILL_X86 1
+#define QUILL_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+static inline float quill_bf16_bits_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t quill_read_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// Scalar implementations: the portable fallback and the reference the tests check against.
+void quill_gemv_f32_scalar(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_f16_scalar(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_bf16_scalar(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_q8_0_scalar(const void *, int64_t, const int8_t *, const float *, const float *,
+                            int64_t, float *, int64_t, int64_t);
+void quill_gemv_q4_0_scalar(const void *, int64_t, const int8_t *, const float *, const float *,
+                            int64_t, float *, int64_t, int64_t);
+void quill_rmsnorm_scalar(const float *, const float *, float *, int64_t, float);
+void quill_silu_scalar(const float *, float *, int64_t);
+void quill_swiglu_scalar(const float *, const float *, float *, int64_t);
+void quill_softmax_scalar(float *, int64_t);
+float quill_dot_f32_scalar(const float *, const float *, int64_t);
+void quill_quantize_activation_scalar(const float *, int64_t, int8_t *, float *, float *);
+
+#ifdef QUILL_X86
+void quill_f16_to_f32_avx2(const uint16_t *, float *, int64_t);
+void quill_gemv_f32_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_f16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_bf16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_q8_0_avx2(const void *, int64_t, const int8_t *, const float *, const float *,
+                          int64_t, float *, int64_t, int64_t);
+void quill_gemv_q4_0_avx2(const void *, int64_t, const int8_t *, const float *, const float *,
+                          int64_t, float *, int64_t, int64_t);
+void quill_rmsnorm_avx2(const float *, const float *, float *, int64_t, float);
+void quill_silu_avx2(const float *, float *, int64_t);
+void quill_swiglu_avx2(const float *, const float *, float *, int64_t);
+void quill_softmax_avx2(float *, int64_t);
+float quill_dot_f32_avx2(const float *, const float *, int64_t);
+void quill_quantize_activation_avx2(const float *, int64_t, int8_t *, float *, float *);
+#endif
+#endif

@@ -1,0 +1,344 @@
+// Portable scalar kernels. They are the fallback on CPUs without AVX2 and the reference
+// the AVX2 kernels are tested against, so they favour plainness over speed.
+#include "internal.h"
+#include <math.h>
+
+static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float f32_from_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+float quill_f16_to_f32_scalar(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1F;
+    uint32_t mantissa = h & 0x3FF;
+    if (exponent == 0) {
+        // Zero or subnormal: mantissa * 2^-24 is exact in float.
+        float magnitude = (float)mantissa * 0x1.0p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 31) return f32_from_bits(sign | 0x7F800000u | (mantissa << 13));
+    return f32_from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+// Round-to-nearest-even float -> half, including subnormals, infinities and NaN
+// (the bit-manipulation method used by the FP16 library and ggml's non-F16C path).
+uint16_t quill_f32_to_f16_scalar(float f) {
+    const float scale_to_inf = 0x1.0p+112f;
+    const float scale_to_zero = 0x1.0p-110f;
+    float base = (fabsf(f) * scale_to_inf) * scale_to_zero;
+    uint32_t w = f32_bits(f);
+    uint32_t shl1_w = w + w;
+    uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = f32_from_bits((bias >> 1) + 0x07800000u) + base;
+    uint32_t bits = f32_bits(base);
+    uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+    uint32_t mantissa_bits = bits & 0x00000FFFu;
+    uint32_t nonsign = exp_bits + mantissa_bits;
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+void quill_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+#ifdef QUILL_X86
+    if (quill_kernel_level() == 1) { quill_f16_to_f32_avx2(src, dst, n); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) dst[i] = quill_f16_to_f32_scalar(src[i]);
+}
+
+void quill_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = quill_f32_to_f16_scalar(src[i]);
+}
+
+void quill_bf16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = quill_bf16_bits_to_f32(src[i]);
+}
+
+void quill_f32_to_bf16(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = f32_bits(src[i]);
+        if ((u & 0x7FFFFFFFu) > 0x7F800000u) { dst[i] = (uint16_t)((u >> 16) | 0x40); continue; }
+        u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even
+        dst[i] = (uint16_t)(u >> 16);
+    }
+}
+
+// MARK: - GGML reference quantizers
+
+void quill_quantize_q8_0(const float *src, void *dst, int64_t n) {
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t b = 0; b < n / QUILL_QK; b++, src += QUILL_QK, out += QUILL_Q8_0_BLOCK_BYTES) {
+        float amax = 0.0f;
+        for (int j = 0; j < QUILL_QK; j++) amax = fmaxf(amax, fabsf(src[j]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t dh = quill_f32_to_f16_scalar(d);
+        memcpy(out, &dh, 2);
+        for (int j = 0; j < QUILL_QK; j++) out[2 + j] = (uint8_t)(int8_t)roundf(src[j] * id);
+    }
+}
+
+void quill_quantize_q4_0(const float *src, void *dst, int64_t n) {
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t b = 0; b < n / QUILL_QK; b++, src += QUILL_QK, out += QUILL_Q4_0_BLOCK_BYTES) {
+        float amax = 0.0f, max = 0.0f;  // max keeps the sign of the largest magnitude
+        for (int j = 0; j < QUILL_QK; j++) {
+            if (amax < fabsf(src[j])) { amax = fabsf(src[j]); max = src[j]; }
+        }
+        const float d = max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t dh = quill_f32_to_f16_scalar(d);
+        memcpy(out, &dh, 2);
+        for (int j = 0; j < QUILL_QK / 2; j++) {
+            int lo = (int)(int8_t)(src[j] * id + 8.5f);
+            int hi = (int)(int8_t)(src[j + QUILL_QK / 2] * id + 8.5f);
+            if (lo > 15) lo = 15;
+            if (hi > 15) hi = 15;
+            out[2 + j] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}
+
+void quill_dequantize_q8_0(const void *src, float *dst, int64_t n) {
+    const uint8_t *in = (const uint8_t *)src;
+    for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q8_0_BLOCK_BYTES, dst += QUILL_QK) {
+        const float d = quill_f16_to_f32_scalar(quill_read_u16(in));
+        for (int j = 0; j < QUILL_QK; j++) dst[j] = (float)(int8_t)in[2 + j] * d;
+    }
+}
+
+void quill_dequantize_q4_0(const void *src, float *dst, int64_t n) {
+    const uint8_t *in = (const uint8_t *)src;
+    for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q4_0_BLOCK_BYTES, dst += QUILL_QK) {
+        const float d = quill_f16_to_f32_scalar(quill_read_u16(in));
+        for (int j = 0; j < QUILL_QK / 2; j++) {
+            dst[j] = (float)((int)(in[2 + j] & 0x0F) - 8) * d;
+            dst[j + QUILL_QK / 2] = (float)((int)(in[2 + j] >> 4) - 8) * d;
+        }
+    }
+}
+
+void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
+                           int64_t row_begin, int64_t row_end, float *dst) {
+    for (int64_t r = row_begin; r < row_end; r++, dst += k) {
+        const uint8_t *row = (const uint8_t *)w + r * row_stride;
+        switch (type) {
+        case 0: memcpy(dst, row, (size_t)k * sizeof(float)); break;
+        case 1: quill_f16_to_f32((const uint16_t *)(const void *)row, dst, k); break;
+        case 2: quill_bf16_to_f32((const uint16_t *)(const void *)row, dst, k); break;
+        case 3: quill_dequantize_q8_0(row, dst, k); break;
+        case 4: quill_dequantize_q4_0(row, dst, k); break;
+        default: break;
+        }
+    }
+}
+
+void quill_quantize_activation_scalar(const float *x, int64_t k, int8_t *q, float *d, float *s) {
+    for (int64_t b = 0; b < k / QUILL_QK; b++) {
+        const float *xb = x + b * QUILL_QK;
+        float amax = 0.0f;
+        for (int j = 0; j < QUILL_QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float scale = amax / 127.0f;
+        const float inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < QUILL_QK; j++) {
+            int v = (int)nearbyintf(xb[j] * inverse);
+            q[b * QUILL_QK + j] = (int8_t)v;
+            sum += v;
+        }
+        d[b] = scale;
+        s[b] = scale * (float)sum;
+    }
+}
+
+// MARK: - GEMV
+
+void quill_gemv_f32_scalar(const void *w, int64_t rs, const float *x, int64_t k, float *y,
+                           int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const float *row = (const float *)(const void *)((const uint8_t *)w + r * rs);
+        float sum = 0.0f;
+        for (int64_t i = 0; i < k; i++) sum += row[i] * x[i];
+        y[r] = sum;
+    }
+}
+
+void quill_gemv_f16_scalar(const void *w, int64_t rs, const float *x, int64_t k, float *y,
+                           int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w + r * rs;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < k; i++) sum += quill_f16_to_f32_scalar(quill_read_u16(row + 2 * i)) * x[i];
+        y[r] = sum;
+    }
+}
+
+void quill_gemv_bf16_scalar(const void *w, int64_t rs, const float *x, int64_t k, float *y,
+                            int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)w + r * rs;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < k; i++) sum += quill_bf16_bits_to_f32(quill_read_u16(row + 2 * i)) * x[i];
+        y[r] = sum;
+    }
+}
+
+void quill_gemv_q8_0_scalar(const void *w, int64_t rs, const int8_t *xq, const float *xd,
+                            const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
+    (void)xs;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *block = (const uint8_t *)w + r * rs;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < k / QUILL_QK; b++, block += QUILL_Q8_0_BLOCK_BYTES) {
+            int isum = 0;
+            for (int j = 0; j < QUILL_QK; j++) isum += (int)(int8_t)block[2 + j] * xq[b * QUILL_QK + j];
+            sum += (float)isum * (quill_f16_to_f32_scalar(quill_read_u16(block)) * xd[b]);
+        }
+        y[r] = sum;
+    }
+}
+
+void quill_gemv_q4_0_scalar(const void *w, int64_t rs, const int8_t *xq, const float *xd,
+                            const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
+    (void)xs;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *block = (const uint8_t *)w + r * rs;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < k / QUILL_QK; b++, block += QUILL_Q4_0_BLOCK_BYTES) {
+            const int8_t *xb = xq + b * QUILL_QK;
+            int isum = 0;
+            for (int j = 0; j < QUILL_QK / 2; j++) {
+                isum += ((int)(block[2 + j] & 0x0F) - 8) * xb[j];
+                isum += ((int)(block[2 + j] >> 4) - 8) * xb[j + QUILL_QK / 2];
+            }
+            sum += (float)isum * (quill_f16_to_f32_scalar(quill_read_u16(block)) * xd[b]);
+        }
+        y[r] = sum;
+    }
+}
+
+// MARK: - Elementwise
+
+void quill_rmsnorm_scalar(const float *x, const float *w, float *y, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)x[i] * (double)x[i];
+    const float inverse = 1.0f / sqrtf((float)(sum / (double)n) + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] * inverse) * w[i];
+}
+
+void quill_rope(float *x, int64_t n_heads, int64_t head_dim, int64_t rot_dim,
+                const float *c, const float *s, int layout) {
+    const int64_t half = rot_dim / 2;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *v = x + h * head_dim;
+        for (int64_t i = 0; i < half; i++) {
+            const int64_t a = layout == 0 ? i : 2 * i;
+            const int64_t b = layout == 0 ? i + half : 2 * i + 1;
+            const float x0 = v[a], x1 = v[b];
+            v[a] = x0 * c[i] - x1 * s[i];
+            v[b] = x1 * c[i] + x0 * s[i];
+        }
+    }
+}
+
+void quill_silu_scalar(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void quill_swiglu_scalar(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
+}
+
+void quill_gelu(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+void quill_gelu_tanh(const float *x, float *y, int64_t n) {
+    const float k = 0.79788456080286536f;  // sqrt(2 / pi)
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+void quill_softmax_scalar(float *x, int64_t n) {
+    float max = -INFINITY;
+    for (int64_t i = 0; i < n; i++) max = fmaxf(max, x[i]);
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    const float inverse = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inverse;
+}
+
+void quill_add(const float *a, const float *b, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+void quill_mul(const float *a, const float *b, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = a[i] * b[i];
+}
+
+void quill_scale(float *x, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+float quill_dot_f32_scalar(const float *a, const float *b, int64_t n) {
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+int64_t quill_argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+// "a ranks above b": larger value, or equal value and lower index.
+static inline int ranks_above(float va, int64_t ia, float vb, int64_t ib) {
+    return va > vb || (va == vb && ia < ib);
+}
+
+int64_t quill_top_k(const float *x, int64_t n, int64_t k, int64_t *idx, float *val) {
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    // A min-heap (by rank) of the k best seen so far, then sorted in place.
+    int64_t size = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (size < k) {
+            int64_t c = size++;
+            while (c > 0) {
+                int64_t p = (c - 1) / 2;
+                if (!ranks_above(val[p], idx[p], x[i], i)) break;
+                idx[c] = idx[p]; val[c] = val[p]; c = p;
+            }
+            idx[c] = i; val[c] = x[i];
+        } else if (ranks_above(x[i], i, val[0], idx[0])) {
+            int64_t c = 0;
+            for (;;) {
+                int64_t l = 2 * c + 1, r = l + 1, m = c;
+                float mv = x[i]; int64_t mi = i;
+                if (l < size && ranks_above(mv, mi, val[l], idx[l])) { m = l; mv = val[l]; mi = idx[l]; }
+                if (r < size && ranks_above(mv, mi, val[r], idx[r])) { m = r; }
+                if (m == c) break;
+                idx[c] = idx[m]; val[c] = val[m]; c = m;
+            }
+            idx[c] = i; val[c] = x[i];
+        }
+    }
+    // Heap sort: repeatedly move the lowest-ranked to the end, giving descending order.
+    for (int64_t end = size - 1; end > 0; end--) {
+        int64_t ti = idx[end]; float tv = val[end];
+        idx[end] = idx[0]; val[end] = val[0];
+        int64_t c = 0;
+        for (;;) {
+            int64_t l = 2 * c + 1, r = l + 1, m = c;
+            float mv = tv; int64_t mi = ti;
+            if (l < end && ranks_above(mv, mi, val[l], idx[l])) { m = l; mv = val[l]; mi = idx[l]; }
+            if (r < end && ranks_above(mv, mi, val[r], idx[r])) { m = r; }
+            if (m == c) break;
+            idx[c] = idx[m]; val[c] = val[m]; c = m;
+        }
+        idx[c] = ti; val[c] = tv;
+    }
+    return size;
+}

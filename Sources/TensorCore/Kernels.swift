@@ -1,0 +1,199 @@
+import CQuillKernels
+
+/// The compute kernels over tensors and activation buffers. Every entry point validates
+/// shapes and throws `TensorError` naming the operands; the C kernels behind them trust
+/// their arguments.
+public enum Kernels {
+    /// From this many activation rows on, `matmul` dequantizes weight tiles and uses
+    /// BLAS sgemm; below it, it runs the GEMV kernels once per row (kernels.md: sgemm with
+    /// one row is 3.5× slower than GEMV, with 8 rows already 2× faster).
+    public static let gemmThreshold = 8
+    /// Weight rows dequantized per sgemm call on the GEMM path.
+    public static let gemmTileRows = 128
+
+    /// `output[i, :] = weight · input[i, :]` for the first `rows` rows: a PyTorch `Linear`
+    /// without bias. `weight` is [n, k] of any element type, `input` has k columns and
+    /// `output` n columns.
+    public static func matmul(weight: Tensor, input: FloatBuffer, rows m: Int, output: FloatBuffer,
+                              context: ComputeContext) throws {
+        let n = weight.rows, k = weight.columns
+        let operation = "matmul with '\(weight.name)' \(weight.elementType) \(weight.shape)"
+        guard weight.shape.count == 2 else {
+            throw TensorError.shapeMismatch(operation: operation, detail: "weight must be 2-D")
+        }
+        guard input.columns == k else {
+            throw TensorError.shapeMismatch(operation: operation, detail: "input has \(input.columns) columns, expected \(k)")
+        }
+        guard output.columns == n else {
+            throw TensorError.shapeMismatch(operation: operation, detail: "output has \(output.columns) columns, expected \(n)")
+        }
+        guard m >= 0, m <= input.rows, m <= output.rows else {
+            throw TensorError.shapeMismatch(operation: operation,
+                                            detail: "\(m) rows requested, input has \(input.rows), output \(output.rows)")
+        }
+        guard m > 0, n > 0 else { return }
+        guard k > 0 else {
+            for i in 0..<m { output.row(i).update(repeating: 0, count: n) }
+            return
+        }
+        if m >= gemmThreshold {
+            gemm(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
+        } else {
+            gemv(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
+        }
+    }
+
+    /// One or a few activation rows: the multi-row GEMV micro-kernels, parallel over weight
+    /// rows. With several activation rows, each group of 16 weight rows is reused from
+    /// cache for every activation row, so weights come from memory once.
+    static func gemv(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
+                     output: UnsafeMutablePointer<Float>, context: ComputeContext) {
+        let n = weight.rows, k = weight.columns
+        let w = weight.rawPointer, stride = Int64(weight.rowStride)
+        let type = weight.elementType
+        var quantized: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>, s: UnsafeMutablePointer<Float>)?
+        if type.isQuantized {
+            let blocks = k / 32
+            let qBytes = (m * k + 63) / 64 * 64
+            let raw = context.quantizedInput.reserve(qBytes + 2 * m * blocks * 4)
+            let q = raw.bindMemory(to: Int8.self, capacity: m * k)
+            let d = (raw + qBytes).bindMemory(to: Float.self, capacity: 2 * m * blocks)
+            let s = d + m * blocks
+            for i in 0..<m {
+                quill_quantize_activation(input + i * k, Int64(k), q + i * k, d + i * blocks, s + i * blocks)
+            }
+            quantized = (q, d, s)
+        }
+        let threads = context.threadCount
+        let chunk = max(16, ((n + threads * 4 - 1) / (threads * 4) + 3) / 4 * 4)
+        let tasks = (n + chunk - 1) / chunk
+        context.pool.parallelFor(tasks) { task in
+            let begin = task * chunk, end = min(n, begin + chunk)
+            var start = begin
+            while start < end {
+                let stop = m == 1 ? end : min(end, start + 16)
+                for i in 0..<m {
+                    let x = input + i * k, y = output + i * n
+                    let r0 = Int64(start), r1 = Int64(stop)
+                    switch type {
+                    case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
+                    case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
+                    case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
+                    case .q8_0:
+                        let a = quantized!, blocks = k / 32
+                        quill_gemv_q8_0(w, stride, a.q + i * k, a.d + i * blocks, a.s + i * blocks, Int64(k), y, r0, r1)
+                    case .q4_0:
+                        let a = quantized!, blocks = k / 32
+                        quill_gemv_q4_0(w, stride, a.q + i * k, a.d + i * blocks, a.s + i * blocks, Int64(k), y, r0, r1)
+                    }
+                }
+                start = stop
+            }
+        }
+    }
+
+    /// Many activation rows: each thread takes a contiguous slice of weight rows and calls
+    /// single-threaded sgemm on it, dequantizing non-F32 weights tile by tile into its own
+    /// scratch first.
+    static func gemm(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
+                     output: UnsafeMutablePointer<Float>, context: ComputeContext) {
+        let n = weight.rows, k = weight.columns
+        let threads = context.threadCount
+        let part = ((n + threads - 1) / threads + 15) / 16 * 16
+        let tileRows = gemmTileRows
+        context.pool.parallelFor(threads) { thread in
+            let begin = thread * part, end = min(n, begin + part)
+            guard begin < end else { return }
+            if weight.elementType == .f32 {
+                let w = (weight.rawPointer + begin * weight.rowStride).assumingMemoryBound(to: Float.self)
+                sgemmTransposedB(m: m, n: end - begin, k: k, a: input, lda: k, b: w, ldb: k, c: output + begin, ldc: n)
+                return
+            }
+            let tile = context.tiles[thread].reserve(tileRows * k * 4).bindMemory(to: Float.self, capacity: tileRows * k)
+            var start = begin
+            while start < end {
+                let stop = min(end, start + tileRows)
+                quill_dequantize_rows(weight.elementType.kernelCode, weight.rawPointer, Int64(weight.rowStride), Int64(k),
+                                      Int64(start), Int64(stop), tile)
+                sgemmTransposedB(m: m, n: stop - start, k: k, a: input, lda: k, b: tile, ldb: k, c: output + start, ldc: n)
+                start = stop
+            }
+        }
+    }
+
+    // MARK: - Row-wise operations on activation buffers
+
+    private static func check(_ operation: String, _ buffers: [FloatBuffer], rows: Int, columns: Int) throws {
+        for buffer in buffers {
+            guard buffer.columns == columns, rows >= 0, rows <= buffer.rows else {
+                throw TensorError.shapeMismatch(operation: operation,
+                                                detail: "buffer \(buffer.rows)×\(buffer.columns) cannot hold \(rows)×\(columns)")
+            }
+        }
+    }
+
+    /// RMSNorm of each of the first `rows` rows: (x · rsqrt(mean(x²) + eps)) · weight.
+    public static func rmsNorm(_ input: FloatBuffer, weight: [Float], epsilon: Float, rows: Int, output: FloatBuffer) throws {
+        try check("rmsNorm", [input, output], rows: rows, columns: weight.count)
+        weight.withUnsafeBufferPointer { w in
+            for i in 0..<rows {
+                quill_rmsnorm(input.row(i), w.baseAddress!, output.row(i), Int64(weight.count), epsilon)
+            }
+        }
+    }
+
+    /// output = silu(gate) · up, elementwise over the first `rows` rows.
+    public static func swiglu(gate: FloatBuffer, up: FloatBuffer, rows: Int, output: FloatBuffer) throws {
+        try check("swiglu", [gate, up, output], rows: rows, columns: gate.columns)
+        quill_swiglu(gate.pointer, up.pointer, output.pointer, Int64(rows * gate.columns))
+    }
+
+    /// output = x / (1 + e^-x) over the first `rows` rows.
+    public static func silu(_ input: FloatBuffer, rows: Int, output: FloatBuffer) throws {
+        try check("silu", [input, output], rows: rows, columns: input.columns)
+        quill_silu(input.pointer, output.pointer, Int64(rows * input.columns))
+    }
+
+    /// GELU over the first `rows` rows: exact (erf) or PyTorch's tanh approximation.
+    public static func gelu(_ input: FloatBuffer, rows: Int, approximateTanh: Bool = false, output: FloatBuffer) throws {
+        try check("gelu", [input, output], rows: rows, columns: input.columns)
+        let count = Int64(rows * input.columns)
+        if approximateTanh { quill_gelu_tanh(input.pointer, output.pointer, count) }
+        else { quill_gelu(input.pointer, output.pointer, count) }
+    }
+
+    /// output = a + b over the first `rows` rows (output may alias a or b).
+    public static func add(_ a: FloatBuffer, _ b: FloatBuffer, rows: Int, output: FloatBuffer) throws {
+        try check("add", [a, b, output], rows: rows, columns: a.columns)
+        quill_add(a.pointer, b.pointer, output.pointer, Int64(rows * a.columns))
+    }
+
+    /// output = a · b elementwise over the first `rows` rows (output may alias a or b).
+    public static func multiply(_ a: FloatBuffer, _ b: FloatBuffer, rows: Int, output: FloatBuffer) throws {
+        try check("multiply", [a, b, output], rows: rows, columns: a.columns)
+        quill_mul(a.pointer, b.pointer, output.pointer, Int64(rows * a.columns))
+    }
+
+    /// Softmax of each of the first `rows` rows, in place.
+    public static func softmax(_ buffer: FloatBuffer, rows: Int) throws {
+        try check("softmax", [buffer], rows: rows, columns: buffer.columns)
+        guard buffer.columns > 0 else { return }
+        for i in 0..<rows { quill_softmax(buffer.row(i), Int64(buffer.columns)) }
+    }
+
+    /// Index of the largest value (the first one on ties); nil for an empty array.
+    public static func argmax(_ values: UnsafeBufferPointer<Float>) -> Int? {
+        guard let base = values.baseAddress, values.count > 0 else { return nil }
+        return Int(quill_argmax(base, Int64(values.count)))
+    }
+
+    /// The `k` largest values with their indices, largest first (ties: lower index first).
+    public static func topK(_ values: UnsafeBufferPointer<Float>, k: Int) -> [(index: Int, value: Float)] {
+        guard let base = values.baseAddress, k > 0, values.count > 0 else { return [] }
+        let wanted = min(k, values.count)
+        var indices = [Int64](repeating: 0, count: wanted)
+        var top = [Float](repeating: 0, count: wanted)
+        let written = Int(quill_top_k(base, Int64(values.count), Int64(wanted), &indices, &top))
+        return (0..<written).map { (Int(indices[$0]), top[$0]) }
+    }
+}

@@ -1,0 +1,108 @@
+import Testing
+@testable import TensorCore
+
+/// Every matmul path (GEMV micro-kernels, the sgemm path over dequantized tiles) against a
+/// float64 reference computed from the dequantized weights, over shapes that exercise the
+/// 4-row and 8/16-lane remainders.
+@Suite struct MatMulTests {
+    static let floatShapes: [(n: Int, k: Int)] = [(1, 1), (3, 7), (4, 8), (5, 15), (9, 16), (17, 17), (6, 33), (13, 100), (8, 256)]
+    static let quantizedShapes: [(n: Int, k: Int)] = [(1, 32), (3, 64), (4, 96), (5, 160), (17, 512), (9, 32)]
+
+    func weight(_ type: ElementType, n: Int, k: Int, seed: UInt64) throws -> Tensor {
+        try Tensor(name: "w", shape: [n, k], values: randomFloats(n * k, seed: seed)).converted(to: type)
+    }
+
+    func check(type: ElementType, n: Int, k: Int, m: Int, context: ComputeContext, seed: UInt64) throws {
+        let w = try weight(type, n: n, k: k, seed: seed)
+        let inputValues = randomFloats(m * k, seed: seed + 1, scale: 2)
+        let input = try FloatBuffer(rows: m, columns: k, values: inputValues)
+        let output = try FloatBuffer(rows: m + 1, columns: n)  // one spare row must stay untouched
+        output.row(m).update(repeating: 42, count: n)
+        try Kernels.matmul(weight: w, input: input, rows: m, output: output, context: context)
+        let dequantized = w.floats()
+        let usesQuantizedActivations = type.isQuantized && m < Kernels.gemmThreshold
+        for i in 0..<m {
+            var x = Array(inputValues[i * k..<(i + 1) * k])
+            if usesQuantizedActivations { x = quantizedActivation(x) }
+            let reference = referenceMatVec(dequantized, rows: n, columns: k, x)
+            for r in 0..<n {
+                let error = abs(Double(output[i, r]) - reference.values[r])
+                #expect(error <= 1e-5 * reference.magnitudes[r] + 1e-6,
+                        "\(type) n=\(n) k=\(k) m=\(m) row \(i) col \(r): \(output[i, r]) vs \(reference.values[r])")
+            }
+        }
+        #expect(output.values(ofRow: m).allSatisfy { $0 == 42 })
+    }
+
+    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.f32, .f16, .bf16])
+    func floatGEMV(level: KernelLevel, type: ElementType) throws {
+        let context = try ComputeContext(threads: 1)
+        try KernelLevel.withThreadLevel(level) {
+            for (index, shape) in Self.floatShapes.enumerated() {
+                for m in [1, 3] { try check(type: type, n: shape.n, k: shape.k, m: m, context: context, seed: UInt64(index * 10 + m)) }
+            }
+        }
+    }
+
+    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.q8_0, .q4_0])
+    func quantizedGEMV(level: KernelLevel, type: ElementType) throws {
+        let context = try ComputeContext(threads: 1)
+        try KernelLevel.withThreadLevel(level) {
+            for (index, shape) in Self.quantizedShapes.enumerated() {
+                for m in [1, 2, 7] { try check(type: type, n: shape.n, k: shape.k, m: m, context: context, seed: UInt64(index * 10 + m)) }
+            }
+        }
+    }
+
+    @Test(arguments: ElementType.allCases)
+    func gemmPathOverDequantizedTiles(type: ElementType) throws {
+        let context = try ComputeContext(threads: 1)
+        let k = type.isQuantized ? 64 : 37
+        // 300 rows span three 128-row tiles, the last one partial.
+        try check(type: type, n: 300, k: k, m: 8, context: context, seed: 99)
+        try check(type: type, n: 5, k: k, m: 21, context: context, seed: 98)
+    }
+
+    @Test(arguments: ElementType.allCases)
+    func parallelPathsMatchReference(type: ElementType) throws {
+        let context = try ComputeContext(threads: 2)
+        for m in [1, 5, 8, 19] {
+            try check(type: type, n: 1001, k: 128, m: m, context: context, seed: UInt64(m))
+        }
+    }
+
+    @Test func quantizedActivationErrorStaysSmallAgainstFloatInput() throws {
+        // The int8 activation costs accuracy; bound it against the unquantized dot product.
+        let context = try ComputeContext(threads: 1)
+        let (n, k) = (64, 1024)
+        let floats = randomFloats(n * k, seed: 5)
+        let w = try Tensor(name: "w", shape: [n, k], values: floats).converted(to: .q8_0)
+        let x = randomFloats(k, seed: 6)
+        let input = try FloatBuffer(rows: 1, columns: k, values: x)
+        let output = try FloatBuffer(rows: 1, columns: n)
+        try Kernels.matmul(weight: w, input: input, rows: 1, output: output, context: context)
+        let exact = referenceMatVec(w.floats(), rows: n, columns: k, x)
+        for r in 0..<n {
+            #expect(abs(Double(output[0, r]) - exact.values[r]) <= 0.01 * exact.magnitudes[r] / Double(k).squareRoot() + 1e-3)
+        }
+    }
+
+    @Test func shapeMismatchesThrowNamingTheWeight() throws {
+        let context = try ComputeContext(threads: 1)
+        let w = try Tensor(name: "model.layers.0.mlp.up_proj.weight", shape: [4, 8], values: [Float](repeating: 1, count: 32))
+        let badInput = try FloatBuffer(rows: 1, columns: 7)
+        let output = try FloatBuffer(rows: 1, columns: 4)
+        #expect {
+            try Kernels.matmul(weight: w, input: badInput, rows: 1, output: output, context: context)
+        } throws: { error in
+            "\(error)".contains("up_proj") && "\(error)".contains("7 columns")
+        }
+        let input = try FloatBuffer(rows: 1, columns: 8)
+        #expect(throws: TensorError.self) { try Kernels.matmul(weight: w, input: input, rows: 2, output: output, context: context) }
+        #expect(throws: TensorError.self) {
+            try Kernels.matmul(weight: w, input: input, rows: 1, output: try FloatBuffer(rows: 1, columns: 5), context: context)
+        }
+        let threeD = try w.reshaped([2, 2, 8])
+        #expect(throws: TensorError.self) { try Kernels.matmul(weight: threeD, input: input, rows: 1, output: output, context: context) }
+    }
+}

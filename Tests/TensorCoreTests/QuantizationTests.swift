@@ -1,0 +1,98 @@
+import Foundation
+import CQuillKernels
+import Testing
+@testable import TensorCore
+
+@Suite struct QuantizationTests {
+    let fixture: [String: Any]
+    let input: [Float]
+
+    init() throws {
+        fixture = try loadFixture("quantization.json")
+        input = doubles(fixture["input"]).map(Float.init)
+    }
+
+    @Test(arguments: [ElementType.q8_0, .q4_0])
+    func bytesEqualGGMLReference(type: ElementType) throws {
+        let expected = hexBytes(fixture[type.rawValue] as! String)
+        let bytes = try Quantization.encode(input, as: type)
+        #expect(bytes.count == expected.count)
+        let firstDifference = zip(bytes, expected).enumerated().first { $0.element.0 != $0.element.1 }
+        #expect(firstDifference == nil, "first differing byte at \(firstDifference?.offset ?? -1) (block \((firstDifference?.offset ?? 0) / type.blockBytes))")
+    }
+
+    @Test(arguments: [ElementType.q8_0, .q4_0])
+    func dequantizeEqualsGGMLReference(type: ElementType) throws {
+        let expected = doubles(fixture[type.rawValue + "_dequantized"])
+        let values = try Quantization.decode(hexBytes(fixture[type.rawValue] as! String), as: type, count: input.count)
+        // ggml multiplies in float32; the gguf package in float64: compare after rounding.
+        for i in values.indices { #expect(values[i] == Float(expected[i]), "element \(i)") }
+    }
+
+    @Test(arguments: [KernelLevel.scalar, .avx2])
+    func halfPrecisionRoundsToNearestEven(level: KernelLevel) throws {
+        let expected = (fixture["f16_bits"] as! [Int]).map(UInt16.init)
+        let bytes = try Quantization.encode(input, as: .f16)
+        let bits = bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+        #expect(bits == expected)
+        let specials: [Float] = (fixture["f16_special_input"] as! [Any]).map {
+            if let text = $0 as? String { return text.hasPrefix("-") ? -Float.infinity : Float.infinity }
+            return ($0 as! NSNumber).floatValue
+        }
+        let specialBits = try Quantization.encode(specials, as: .f16).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+        #expect(specialBits == (fixture["f16_special_bits"] as! [Int]).map(UInt16.init))
+        // Decoding (both paths) is exact: every half is a float.
+        try KernelLevel.withThreadLevel(level) {
+            let decoded = try Quantization.decode(bytes, as: .f16, count: input.count)
+            for i in input.indices { #expect(decoded[i] == Float(Float16(bitPattern: expected[i])), "element \(i)") }
+        }
+    }
+
+    @Test func bfloat16RoundsToNearestEven() throws {
+        let expected = (fixture["bf16_bits"] as! [Int]).map(UInt16.init)
+        let bits = try Quantization.encode(input, as: .bf16).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+        #expect(bits == expected)
+    }
+
+    /// Q8_0 error is at most half a step; Q4_0 at most one step (the positive side clamps at
+    /// +7 while the largest magnitude maps to -8).
+    @Test(arguments: [ElementType.q8_0, .q4_0])
+    func roundTripErrorIsBounded(type: ElementType) throws {
+        let values = randomFloats(32 * 257, seed: 7, scale: 3)
+        let decoded = try Quantization.decode(try Quantization.encode(values, as: type), as: type, count: values.count)
+        for block in 0..<values.count / 32 {
+            let slice = values[block * 32..<(block + 1) * 32]
+            let amax = slice.map(abs).max()!
+            let step = type == .q8_0 ? amax / 127 : amax / 8
+            // Rounding error plus the fp16 rounding of the scale (≤ 2^-11 relative) times
+            // the largest quantized magnitude.
+            let largest: Float = type == .q8_0 ? 127 : 8
+            let bound = (type == .q8_0 ? 0.5 : 1.0) * step + largest * step * 0x1p-11 + 1e-7
+            for i in slice.indices { #expect(abs(decoded[i] - values[i]) <= bound, "block \(block) element \(i)") }
+        }
+    }
+
+    @Test(arguments: [KernelLevel.scalar, .avx2])
+    func activationQuantizationIsWithinHalfAStep(level: KernelLevel) {
+        let x = randomFloats(32 * 33, seed: 11, scale: 5)
+        KernelLevel.withThreadLevel(level) {
+            let back = quantizedActivation(x)
+            for b in 0..<x.count / 32 {
+                let amax = x[b * 32..<(b + 1) * 32].map(abs).max()!
+                for i in b * 32..<(b + 1) * 32 { #expect(abs(back[i] - x[i]) <= amax / 127 * 0.5001) }
+            }
+        }
+    }
+
+    @Test func activationQuantizationPathsAgreeExactly() {
+        let x = randomFloats(32 * 65, seed: 12, scale: 2)
+        let scalar = KernelLevel.withThreadLevel(.scalar) { quantizedActivation(x) }
+        let vector = KernelLevel.withThreadLevel(.avx2) { quantizedActivation(x) }
+        #expect(scalar == vector)
+    }
+
+    @Test func encodeRejectsPartialBlocks() {
+        #expect(throws: TensorError.self) { try Quantization.encode([1, 2, 3], as: .q8_0) }
+        #expect(throws: TensorError.self) { try Quantization.decode([0, 0], as: .q4_0, count: 32) }
+    }
+}
