@@ -1,7 +1,14 @@
 // Chooses, once, between the AVX2 and the scalar kernels, and routes every public entry
 // point accordingly.
 #include "internal.h"
+#include <pthread.h>
 #include <stdatomic.h>
+
+float quill_f16_table[65536];
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
+static void fill_f16_table(void) {
+    for (uint32_t h = 0; h < 65536; h++) quill_f16_table[h] = quill_f16_to_f32_scalar((uint16_t)h);
+}
 
 static atomic_int current_level = -1;
 // A per-thread override (-1: none), so a test can pin one path without affecting others.
@@ -19,6 +26,7 @@ int quill_kernel_best_level(void) {
 }
 
 int quill_kernel_level(void) {
+    pthread_once(&table_once, fill_f16_table);
     if (thread_level >= 0) return thread_level;
     int level = atomic_load_explicit(&current_level, memory_order_relaxed);
     if (level < 0) {
@@ -66,17 +74,20 @@ void quill_gemv_bf16(const void *w, int64_t rs, const float *x, int64_t k, float
                      int64_t r0, int64_t r1) {
     DISPATCH(quill_gemv_bf16, w, rs, x, k, y, r0, r1);
 }
-void quill_gemv_q8_0(const void *w, int64_t rs, const int8_t *xq, const float *xd,
-                     const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
-    DISPATCH(quill_gemv_q8_0, w, rs, xq, xd, xs, k, y, r0, r1);
+void quill_gemv_q8_0(const void *w, int64_t rs, const quill_activation_block *x, int64_t k, float *y,
+                     int64_t r0, int64_t r1) {
+    DISPATCH(quill_gemv_q8_0, w, rs, x, k, y, r0, r1);
 }
-void quill_gemv_q4_0(const void *w, int64_t rs, const int8_t *xq, const float *xd,
-                     const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
-    DISPATCH(quill_gemv_q4_0, w, rs, xq, xd, xs, k, y, r0, r1);
+void quill_gemv_q4_0(const void *w, int64_t rs, const quill_activation_pair *x, int64_t k, float *y,
+                     int64_t r0, int64_t r1) {
+    DISPATCH(quill_gemv_q4_0, w, rs, x, k, y, r0, r1);
 }
-void quill_quantize_activation(const float *x, int64_t k, int8_t *q, float *d, float *s) {
-    DISPATCH(quill_quantize_activation, x, k, q, d, s);
+void quill_quantize_activation(const float *x, int64_t k, quill_activation_block *out) {
+    DISPATCH(quill_quantize_activation, x, k, out);
 }
+void quill_dequantize_q8_0(const void *src, float *dst, int64_t n) { DISPATCH(quill_dequantize_q8_0, src, dst, n); }
+void quill_dequantize_q4_0(const void *src, float *dst, int64_t n) { DISPATCH(quill_dequantize_q4_0, src, dst, n); }
+void quill_bf16_to_f32(const uint16_t *src, float *dst, int64_t n) { DISPATCH(quill_bf16_to_f32, src, dst, n); }
 void quill_rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
     DISPATCH(quill_rmsnorm, x, w, y, n, eps);
 }

@@ -49,7 +49,7 @@ void quill_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = quill_f32_to_f16_scalar(src[i]);
 }
 
-void quill_bf16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+void quill_bf16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = quill_bf16_bits_to_f32(src[i]);
 }
 
@@ -98,7 +98,7 @@ void quill_quantize_q4_0(const float *src, void *dst, int64_t n) {
     }
 }
 
-void quill_dequantize_q8_0(const void *src, float *dst, int64_t n) {
+void quill_dequantize_q8_0_scalar(const void *src, float *dst, int64_t n) {
     const uint8_t *in = (const uint8_t *)src;
     for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q8_0_BLOCK_BYTES, dst += QUILL_QK) {
         const float d = quill_f16_to_f32_scalar(quill_read_u16(in));
@@ -106,7 +106,7 @@ void quill_dequantize_q8_0(const void *src, float *dst, int64_t n) {
     }
 }
 
-void quill_dequantize_q4_0(const void *src, float *dst, int64_t n) {
+void quill_dequantize_q4_0_scalar(const void *src, float *dst, int64_t n) {
     const uint8_t *in = (const uint8_t *)src;
     for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q4_0_BLOCK_BYTES, dst += QUILL_QK) {
         const float d = quill_f16_to_f32_scalar(quill_read_u16(in));
@@ -132,7 +132,7 @@ void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t 
     }
 }
 
-void quill_quantize_activation_scalar(const float *x, int64_t k, int8_t *q, float *d, float *s) {
+void quill_quantize_activation_scalar(const float *x, int64_t k, quill_activation_block *out) {
     for (int64_t b = 0; b < k / QUILL_QK; b++) {
         const float *xb = x + b * QUILL_QK;
         float amax = 0.0f;
@@ -142,11 +142,30 @@ void quill_quantize_activation_scalar(const float *x, int64_t k, int8_t *q, floa
         int sum = 0;
         for (int j = 0; j < QUILL_QK; j++) {
             int v = (int)nearbyintf(xb[j] * inverse);
-            q[b * QUILL_QK + j] = (int8_t)v;
+            out[b].q[j] = (int8_t)v;
             sum += v;
         }
-        d[b] = scale;
-        s[b] = scale * (float)sum;
+        for (int j = 0; j < 8; j++) { out[b].d[j] = scale; out[b].offset[j] = 0; }
+        out[b].offset[0] = -8 * sum;
+    }
+}
+
+// Built from the block layout, so both paths quantize identically.
+void quill_quantize_activation_pairs(const float *x, int64_t k, quill_activation_pair *out) {
+    const int64_t nb = k / QUILL_QK;
+    for (int64_t p = 0; p < (nb + 1) / 2; p++) {
+        quill_activation_block blocks[2];
+        memset(blocks, 0, sizeof blocks);
+        const int64_t count = (2 * p + 1 < nb) ? 2 : 1;
+        quill_quantize_activation(x + 2 * p * QUILL_QK, count * QUILL_QK, blocks);
+        for (int h = 0; h < 2; h++) {
+            memcpy(out[p].low + 16 * h, blocks[h].q, 16);
+            memcpy(out[p].high + 16 * h, blocks[h].q + 16, 16);
+            for (int j = 0; j < 4; j++) {
+                out[p].d[4 * h + j] = blocks[h].d[0];
+                out[p].offset[4 * h + j] = j == 0 ? blocks[h].offset[0] : 0;
+            }
+        }
     }
 }
 
@@ -182,35 +201,34 @@ void quill_gemv_bf16_scalar(const void *w, int64_t rs, const float *x, int64_t k
     }
 }
 
-void quill_gemv_q8_0_scalar(const void *w, int64_t rs, const int8_t *xq, const float *xd,
-                            const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
-    (void)xs;
+void quill_gemv_q8_0_scalar(const void *w, int64_t rs, const quill_activation_block *x, int64_t k,
+                            float *y, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *block = (const uint8_t *)w + r * rs;
         float sum = 0.0f;
         for (int64_t b = 0; b < k / QUILL_QK; b++, block += QUILL_Q8_0_BLOCK_BYTES) {
             int isum = 0;
-            for (int j = 0; j < QUILL_QK; j++) isum += (int)(int8_t)block[2 + j] * xq[b * QUILL_QK + j];
-            sum += (float)isum * (quill_f16_to_f32_scalar(quill_read_u16(block)) * xd[b]);
+            for (int j = 0; j < QUILL_QK; j++) isum += (int)(int8_t)block[2 + j] * x[b].q[j];
+            sum += (float)isum * (quill_f16_to_f32_scalar(quill_read_u16(block)) * x[b].d[0]);
         }
         y[r] = sum;
     }
 }
 
-void quill_gemv_q4_0_scalar(const void *w, int64_t rs, const int8_t *xq, const float *xd,
-                            const float *xs, int64_t k, float *y, int64_t r0, int64_t r1) {
-    (void)xs;
+void quill_gemv_q4_0_scalar(const void *w, int64_t rs, const quill_activation_pair *x, int64_t k,
+                            float *y, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *block = (const uint8_t *)w + r * rs;
         float sum = 0.0f;
         for (int64_t b = 0; b < k / QUILL_QK; b++, block += QUILL_Q4_0_BLOCK_BYTES) {
-            const int8_t *xb = xq + b * QUILL_QK;
+            const quill_activation_pair *pair = x + b / 2;
+            const int h = (int)(b % 2);
             int isum = 0;
             for (int j = 0; j < QUILL_QK / 2; j++) {
-                isum += ((int)(block[2 + j] & 0x0F) - 8) * xb[j];
-                isum += ((int)(block[2 + j] >> 4) - 8) * xb[j + QUILL_QK / 2];
+                isum += ((int)(block[2 + j] & 0x0F) - 8) * pair->low[16 * h + j];
+                isum += ((int)(block[2 + j] >> 4) - 8) * pair->high[16 * h + j];
             }
-            sum += (float)isum * (quill_f16_to_f32_scalar(quill_read_u16(block)) * xd[b]);
+            sum += (float)isum * (quill_f16_to_f32_scalar(quill_read_u16(block)) * pair->d[4 * h]);
         }
         y[r] = sum;
     }

@@ -51,18 +51,21 @@ public enum Kernels {
         let n = weight.rows, k = weight.columns
         let w = weight.rawPointer, stride = Int64(weight.rowStride)
         let type = weight.elementType
-        var quantized: (q: UnsafeMutablePointer<Int8>, d: UnsafeMutablePointer<Float>, s: UnsafeMutablePointer<Float>)?
-        if type.isQuantized {
-            let blocks = k / 32
-            let qBytes = (m * k + 63) / 64 * 64
-            let raw = context.quantizedInput.reserve(qBytes + 2 * m * blocks * 4)
-            let q = raw.bindMemory(to: Int8.self, capacity: m * k)
-            let d = (raw + qBytes).bindMemory(to: Float.self, capacity: 2 * m * blocks)
-            let s = d + m * blocks
-            for i in 0..<m {
-                quill_quantize_activation(input + i * k, Int64(k), q + i * k, d + i * blocks, s + i * blocks)
-            }
-            quantized = (q, d, s)
+        // Quantized weights are dotted against activations quantized to int8 blocks, laid
+        // out per block for Q8_0 and per pair of blocks for Q4_0 (see QuillKernels.h).
+        let blocks = k / 32, pairs = (blocks + 1) / 2
+        var blockActivations: UnsafeMutablePointer<quill_activation_block>?
+        var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
+        if type == .q8_0 {
+            let raw = context.quantizedInput.reserve(m * blocks * MemoryLayout<quill_activation_block>.stride)
+            let pointer = raw.bindMemory(to: quill_activation_block.self, capacity: m * blocks)
+            for i in 0..<m { quill_quantize_activation(input + i * k, Int64(k), pointer + i * blocks) }
+            blockActivations = pointer
+        } else if type == .q4_0 {
+            let raw = context.quantizedInput.reserve(m * pairs * MemoryLayout<quill_activation_pair>.stride)
+            let pointer = raw.bindMemory(to: quill_activation_pair.self, capacity: m * pairs)
+            for i in 0..<m { quill_quantize_activation_pairs(input + i * k, Int64(k), pointer + i * pairs) }
+            pairActivations = pointer
         }
         let threads = context.threadCount
         let chunk = max(16, ((n + threads * 4 - 1) / (threads * 4) + 3) / 4 * 4)
@@ -79,12 +82,8 @@ public enum Kernels {
                     case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
                     case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
                     case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
-                    case .q8_0:
-                        let a = quantized!, blocks = k / 32
-                        quill_gemv_q8_0(w, stride, a.q + i * k, a.d + i * blocks, a.s + i * blocks, Int64(k), y, r0, r1)
-                    case .q4_0:
-                        let a = quantized!, blocks = k / 32
-                        quill_gemv_q4_0(w, stride, a.q + i * k, a.d + i * blocks, a.s + i * blocks, Int64(k), y, r0, r1)
+                    case .q8_0: quill_gemv_q8_0(w, stride, blockActivations! + i * blocks, Int64(k), y, r0, r1)
+                    case .q4_0: quill_gemv_q4_0(w, stride, pairActivations! + i * pairs, Int64(k), y, r0, r1)
                     }
                 }
                 start = stop

@@ -21,10 +21,12 @@ import Testing
         #expect(firstDifference == nil, "first differing byte at \(firstDifference?.offset ?? -1) (block \((firstDifference?.offset ?? 0) / type.blockBytes))")
     }
 
-    @Test(arguments: [ElementType.q8_0, .q4_0])
-    func dequantizeEqualsGGMLReference(type: ElementType) throws {
+    @Test(arguments: [ElementType.q8_0, .q4_0], [KernelLevel.scalar, .avx2])
+    func dequantizeEqualsGGMLReference(type: ElementType, level: KernelLevel) throws {
         let expected = doubles(fixture[type.rawValue + "_dequantized"])
-        let values = try Quantization.decode(hexBytes(fixture[type.rawValue] as! String), as: type, count: input.count)
+        let values = try KernelLevel.withThreadLevel(level) {
+            try Quantization.decode(hexBytes(fixture[type.rawValue] as! String), as: type, count: input.count)
+        }
         // ggml multiplies in float32; the gguf package in float64: compare after rounding.
         for i in values.indices { #expect(values[i] == Float(expected[i]), "element \(i)") }
     }
@@ -81,6 +83,31 @@ import Testing
                 let amax = x[b * 32..<(b + 1) * 32].map(abs).max()!
                 for i in b * 32..<(b + 1) * 32 { #expect(abs(back[i] - x[i]) <= amax / 127 * 0.5001) }
             }
+        }
+    }
+
+    /// The Q4_0 pair layout holds the same values as the block layout, rearranged.
+    @Test(arguments: [31, 32, 33])
+    func activationPairsRearrangeBlocks(blockCount: Int) {
+        let x = randomFloats(32 * blockCount, seed: UInt64(blockCount), scale: 3)
+        var blocks = [quill_activation_block](repeating: quill_activation_block(), count: blockCount)
+        var pairs = [quill_activation_pair](repeating: quill_activation_pair(), count: (blockCount + 1) / 2)
+        quill_quantize_activation(x, Int64(x.count), &blocks)
+        quill_quantize_activation_pairs(x, Int64(x.count), &pairs)
+        for b in 0..<blockCount {
+            let pair = pairs[b / 2], half = b % 2
+            let q = withUnsafeBytes(of: blocks[b].q) { Array($0.bindMemory(to: Int8.self)) }
+            let low = withUnsafeBytes(of: pair.low) { Array($0.bindMemory(to: Int8.self)) }
+            let high = withUnsafeBytes(of: pair.high) { Array($0.bindMemory(to: Int8.self)) }
+            #expect(Array(low[16 * half..<16 * half + 16]) + Array(high[16 * half..<16 * half + 16]) == q, "block \(b)")
+            let scales = withUnsafeBytes(of: pair.d) { Array($0.bindMemory(to: Float.self)) }
+            let offsets = withUnsafeBytes(of: pair.offset) { Array($0.bindMemory(to: Int32.self)) }
+            #expect(scales[4 * half] == blocks[b].d.0 && offsets[4 * half] == blocks[b].offset.0)
+            #expect(offsets[4 * half] == -8 * Int32(q.reduce(0) { $0 + Int($1) }))
+        }
+        if blockCount % 2 == 1 {  // the padding block is zero
+            let last = pairs[blockCount / 2]
+            #expect(withUnsafeBytes(of: last.d) { Array($0.bindMemory(to: Float.self))[4] } == 0)
         }
     }
 

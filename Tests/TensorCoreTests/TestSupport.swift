@@ -43,11 +43,13 @@ func doubles(_ any: Any?) -> [Double] { (any as! [Any]).map { ($0 as! NSNumber).
 /// The activation exactly as the quantized GEMV kernels see it: quantized to int8 blocks
 /// and scaled back, so a float64 dot with it is the kernels' exact reference.
 func quantizedActivation(_ x: [Float]) -> [Float] {
-    let k = x.count
-    var q = [Int8](repeating: 0, count: k)
-    var d = [Float](repeating: 0, count: k / 32), s = d
-    quill_quantize_activation(x, Int64(k), &q, &d, &s)
-    return (0..<k).map { Float(q[$0]) * d[$0 / 32] }
+    var blocks = [quill_activation_block](repeating: quill_activation_block(), count: x.count / 32)
+    quill_quantize_activation(x, Int64(x.count), &blocks)
+    return (0..<x.count).map { i in
+        withUnsafeBytes(of: blocks[i / 32]) { raw in
+            Float(raw.load(fromByteOffset: i % 32, as: Int8.self)) * raw.load(fromByteOffset: 32, as: Float.self)
+        }
+    }
 }
 
 /// Double-precision y = W x over dequantized rows.

@@ -45,9 +45,31 @@ void quill_quantize_q4_0(const float *src, void *dst, int64_t n);
 void quill_dequantize_q8_0(const void *src, float *dst, int64_t n);
 void quill_dequantize_q4_0(const void *src, float *dst, int64_t n);
 
-/// Quantizes an activation row (k % 32 == 0) for dotting against Q8_0/Q4_0 weights:
-/// q[k] int8 values, d[k/32] block scales, s[k/32] = d * (sum of the block's q).
-void quill_quantize_activation(const float *x, int64_t k, int8_t *q, float *d, float *s);
+/// One block of 32 activations quantized for dotting against Q8_0/Q4_0 weights. The scale
+/// and offset are stored as full vectors so the AVX2 kernels read them as plain loads:
+/// on Zen 3 these kernels are bound by vector pipes, not by loads.
+typedef struct quill_activation_block {
+    int8_t q[32];        ///< round-to-nearest-even of x / d
+    float d[8];          ///< the block scale max|x| / 127, repeated 8 times
+    int32_t offset[8];   ///< { -8 * sum(q), 0, ... }: removes Q4_0's +8 nibble offset
+} quill_activation_block;
+
+/// Quantizes an activation row (k % 32 == 0) into k/32 blocks.
+void quill_quantize_activation(const float *x, int64_t k, quill_activation_block *out);
+
+/// Two consecutive activation blocks a and b laid out for Q4_0 weights, whose nibbles the
+/// kernel splits as [a low nibbles | b low nibbles] and [a high | b high]: elements 0..15
+/// of a block pair with its low nibbles, 16..31 with its high ones.
+typedef struct quill_activation_pair {
+    int8_t low[32];      ///< a[0..15], b[0..15]
+    int8_t high[32];     ///< a[16..31], b[16..31]
+    float d[8];          ///< a's scale ×4, b's scale ×4
+    int32_t offset[8];   ///< { -8·sum(a), 0, 0, 0, -8·sum(b), 0, 0, 0 }
+} quill_activation_pair;
+
+/// Quantizes an activation row (k % 32 == 0) into (k/32 + 1)/2 pairs; with an odd block
+/// count the last pair's second block is zero.
+void quill_quantize_activation_pairs(const float *x, int64_t k, quill_activation_pair *out);
 
 // MARK: - Matrix x vector: y[r] = dot(W[r, 0..<k], x) for r in [row_begin, row_end)
 // row_stride is in bytes: rows of a weight matrix are contiguous in GGML/PyTorch layout.
@@ -59,10 +81,10 @@ void quill_gemv_f16(const void *w, int64_t row_stride, const float *x, int64_t k
 void quill_gemv_bf16(const void *w, int64_t row_stride, const float *x, int64_t k,
                      float *y, int64_t row_begin, int64_t row_end);
 /// Quantized weights dotted against an activation quantized by quill_quantize_activation.
-void quill_gemv_q8_0(const void *w, int64_t row_stride, const int8_t *xq, const float *xd,
-                     const float *xs, int64_t k, float *y, int64_t row_begin, int64_t row_end);
-void quill_gemv_q4_0(const void *w, int64_t row_stride, const int8_t *xq, const float *xd,
-                     const float *xs, int64_t k, float *y, int64_t row_begin, int64_t row_end);
+void quill_gemv_q8_0(const void *w, int64_t row_stride, const quill_activation_block *x, int64_t k,
+                     float *y, int64_t row_begin, int64_t row_end);
+void quill_gemv_q4_0(const void *w, int64_t row_stride, const quill_activation_pair *x, int64_t k,
+                     float *y, int64_t row_begin, int64_t row_end);
 
 /// Dequantizes rows [row_begin, row_end) of a weight matrix of any supported type into
 /// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0.
