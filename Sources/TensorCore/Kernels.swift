@@ -67,8 +67,10 @@ public enum Kernels {
             for i in 0..<m { quill_quantize_activation_pairs(input + i * k, Int64(k), pointer + i * pairs) }
             pairActivations = pointer
         }
+        // 16 chunks per thread: both threads must finish before the next matrix starts, so
+        // the idle tail is at most one small chunk.
         let threads = context.threadCount
-        let chunk = max(16, ((n + threads * 4 - 1) / (threads * 4) + 3) / 4 * 4)
+        let chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 3) / 4 * 4)
         let tasks = (n + chunk - 1) / chunk
         context.pool.parallelFor(tasks) { task in
             let begin = task * chunk, end = min(n, begin + chunk)

@@ -60,26 +60,34 @@ func randomValues(_ count: Int) -> [Float] {
 
 /// Streaming read bandwidth (GB/s) over a 1 GiB buffer split across the pool's threads:
 /// the better of one sequential stream per thread and four interleaved ones (more streams
-/// engage more prefetchers), so the ratios below are against the most this machine gave.
-func measureBandwidth(pool: ThreadPool) -> Double {
+/// engage more prefetchers), so ratios are against the most this machine gave.
+final class BandwidthProbe {
     let count = (quick ? 256 : 1024) << 20 / 4
-    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
-    defer { buffer.deallocate() }
-    buffer.initialize(repeating: 1, count: count)
-    let threads = pool.threadCount
-    let sink = UnsafeMutablePointer<Float>.allocate(capacity: threads)
-    defer { sink.deallocate() }
-    var best = 0.0
-    for streams in [1, 4] {
-        let time = timePerCall(repetitions: 5, minimum: 0.3) {
-            pool.parallelFor(threads) { t in
-                let part = count / threads
-                sink[t] = bench_stream_sum_interleaved(buffer + t * part, Int64(part), Int32(streams))
-            }
-        }
-        best = max(best, Double(count * 4) / time / 1e9)
+    let buffer: UnsafeMutablePointer<Float>
+    let sink: UnsafeMutablePointer<Float>
+    let pool: ThreadPool
+
+    init(pool: ThreadPool) {
+        self.pool = pool
+        buffer = .allocate(capacity: count)
+        buffer.initialize(repeating: 1, count: count)
+        sink = .allocate(capacity: pool.threadCount)
     }
-    return best
+    deinit { buffer.deallocate(); sink.deallocate() }
+
+    func measure(repetitions: Int = 3) -> Double {
+        let threads = pool.threadCount, part = count / threads
+        var best = 0.0
+        for streams in [1, 4] {
+            let time = timePerCall(repetitions: repetitions, minimum: 0.05) {
+                pool.parallelFor(threads) { t in
+                    sink[t] = bench_stream_sum_interleaved(buffer + t * part, Int64(part), Int32(streams))
+                }
+            }
+            best = max(best, Double(count * 4) / time / 1e9)
+        }
+        return best
+    }
 }
 
 struct Row: Codable {
@@ -98,7 +106,8 @@ let targetBytes = (quick ? 128 : 320) << 20  // cycle through copies so weights 
 
 for threads in threadCounts {
     let context = try ComputeContext(threads: threads)
-    let bandwidth = measureBandwidth(pool: context.pool)
+    let probe = BandwidthProbe(pool: context.pool)
+    let bandwidth = probe.measure(repetitions: 5)
     print(String(format: "DRAM read bandwidth, %d thread(s): %.1f GB/s", threads, bandwidth))
     rows.append(Row(benchmark: "stream", threads: threads, shape: "1 GiB", type: "F32", value: bandwidth, unit: "GB/s", ratio: 1, ratioOf: "itself"))
 
@@ -118,14 +127,21 @@ for threads in threadCounts {
                 let copy = type == .f32 ? try Tensor(name: f32.name, shape: f32.shape, values: f32.floats()) : f32
                 weights.append(try copy.converted(to: type, pool: context.pool))
             }
+            // Alternate bandwidth probe and kernel, five rounds, and take the median ratio:
+            // the shared machine's bandwidth drifts by 20% between minutes.
             var next = 0
-            let time = try timePerCall {
-                try Kernels.matmul(weight: weights[next], input: input, rows: 1, output: output, context: context)
-                next = (next + 1) % weights.count
+            var rates: [Double] = [], ratios: [Double] = []
+            for _ in 0..<5 {
+                let available = probe.measure()
+                let time = try timePerCall(repetitions: 1, minimum: 0.2) {
+                    try Kernels.matmul(weight: weights[next], input: input, rows: 1, output: output, context: context)
+                    next = (next + 1) % weights.count
+                }
+                rates.append(Double(first.byteCount) / time / 1e9)
+                ratios.append(rates.last! / available)
             }
-            let gbps = Double(first.byteCount) / time / 1e9
-            report(Row(benchmark: "gemv", threads: threads, shape: label, type: "\(type)", value: gbps, unit: "GB/s",
-                       ratio: gbps / bandwidth, ratioOf: "bandwidth"))
+            report(Row(benchmark: "gemv", threads: threads, shape: label, type: "\(type)", value: median(rates), unit: "GB/s",
+                       ratio: median(ratios), ratioOf: "bandwidth"))
         }
 
         // GEMM: many activation rows against plain OpenBLAS sgemm with its own threads.
