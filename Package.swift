@@ -12,6 +12,10 @@ let package = Package(
     products: [
         .library(name: "Quill", targets: ["Quill"]),
         .library(name: "TensorCore", targets: ["TensorCore"]),
+        .library(name: "Attention", targets: ["Attention"]),
+        .library(name: "Tokenization", targets: ["Tokenization"]),
+        .library(name: "Models", targets: ["Models"]),
+        .library(name: "Decoding", targets: ["Decoding"]),
     ],
     targets: [
         .target(name: "CQuillKernels"),
@@ -28,7 +32,12 @@ let package = Package(
             ],
             linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]
         ),
-        .target(name: "Quill", dependencies: ["TensorCore"]),
+        // The layers, dependencies pointing one way: TensorCore ← Attention ← Models ← Decoding.
+        .target(name: "Attention", dependencies: ["TensorCore"]),
+        .target(name: "Tokenization"),
+        .target(name: "Models", dependencies: ["Attention", "Tokenization"]),
+        .target(name: "Decoding", dependencies: ["Models"]),
+        .target(name: "Quill", dependencies: ["Decoding"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]
