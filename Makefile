@@ -10,7 +10,7 @@ run: deps
 
 ## Runs the test suite.
 test: deps
-	swift test
+	swift test --disable-xctest  # every test uses Swift Testing
 
 ## Runs the TensorCore benchmark (see Benchmarks/README.md).
 bench: deps
