@@ -2,8 +2,8 @@
 // Quill: CPU inference for large language models, as an embeddable Swift package.
 // The root package exports libraries only; example programs and benchmarks are separate
 // packages under Examples/ and Benchmarks/ that depend on this one by path. No target
-// uses unsafeFlags, so Quill works as a versioned dependency: the AVX2 kernels get their
-// instruction set from per-function target attributes in CQuillKernels instead.
+// sets unsafe compiler flags, so Quill works as a versioned dependency: the AVX2 kernels
+// get their instruction set from per-function target attributes in CQuillKernels.
 import PackageDescription
 
 let package = Package(

@@ -47,16 +47,19 @@ final class Scratch {
     private(set) var capacity = 0
 
     /// At least `bytes` bytes, 64-byte aligned; contents are not preserved across growth.
-    func reserve(_ bytes: Int) -> UnsafeMutableRawPointer {
-        if bytes > capacity || pointer == nil {
-            free(pointer)
-            var raw: UnsafeMutableRawPointer?
-            let size = max(bytes, 64)
-            guard posix_memalign(&raw, 64, size) == 0, let raw else { fatalError("out of memory reserving \(size) bytes of scratch") }
-            pointer = raw
-            capacity = size
+    func reserve(_ bytes: Int) throws -> UnsafeMutableRawPointer {
+        if let pointer, bytes <= capacity { return pointer }
+        free(pointer)
+        pointer = nil
+        capacity = 0
+        var raw: UnsafeMutableRawPointer?
+        let size = max(bytes, 64)
+        guard posix_memalign(&raw, 64, size) == 0, let raw else {
+            throw TensorError.invalidArgument(operation: "scratch", detail: "cannot allocate \(size) bytes")
         }
-        return pointer!
+        pointer = raw
+        capacity = size
+        return raw
     }
 
     deinit { free(pointer) }

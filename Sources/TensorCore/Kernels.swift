@@ -37,9 +37,9 @@ public enum Kernels {
             return
         }
         if m >= gemmThreshold {
-            gemm(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
+            try gemm(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
         } else {
-            gemv(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
+            try gemv(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
         }
     }
 
@@ -47,7 +47,7 @@ public enum Kernels {
     /// rows. With several activation rows, each group of 16 weight rows is reused from
     /// cache for every activation row, so weights come from memory once.
     static func gemv(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
-                     output: UnsafeMutablePointer<Float>, context: ComputeContext) {
+                     output: UnsafeMutablePointer<Float>, context: ComputeContext) throws {
         let n = weight.rows, k = weight.columns
         let w = weight.rawPointer, stride = Int64(weight.rowStride)
         let type = weight.elementType
@@ -57,12 +57,12 @@ public enum Kernels {
         var blockActivations: UnsafeMutablePointer<quill_activation_block>?
         var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
         if type == .q8_0 {
-            let raw = context.quantizedInput.reserve(m * blocks * MemoryLayout<quill_activation_block>.stride)
+            let raw = try context.quantizedInput.reserve(m * blocks * MemoryLayout<quill_activation_block>.stride)
             let pointer = raw.bindMemory(to: quill_activation_block.self, capacity: m * blocks)
             for i in 0..<m { quill_quantize_activation(input + i * k, Int64(k), pointer + i * blocks) }
             blockActivations = pointer
         } else if type == .q4_0 {
-            let raw = context.quantizedInput.reserve(m * pairs * MemoryLayout<quill_activation_pair>.stride)
+            let raw = try context.quantizedInput.reserve(m * pairs * MemoryLayout<quill_activation_pair>.stride)
             let pointer = raw.bindMemory(to: quill_activation_pair.self, capacity: m * pairs)
             for i in 0..<m { quill_quantize_activation_pairs(input + i * k, Int64(k), pointer + i * pairs) }
             pairActivations = pointer
@@ -97,11 +97,16 @@ public enum Kernels {
     /// single-threaded sgemm on it, dequantizing non-F32 weights tile by tile into its own
     /// scratch first.
     static func gemm(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
-                     output: UnsafeMutablePointer<Float>, context: ComputeContext) {
+                     output: UnsafeMutablePointer<Float>, context: ComputeContext) throws {
         let n = weight.rows, k = weight.columns
         let threads = context.threadCount
         let part = ((n + threads - 1) / threads + 15) / 16 * 16
         let tileRows = gemmTileRows
+        // Each thread's tile is reserved here, so an allocation failure throws on the caller
+        // (and, once grown, nothing is allocated: batched decode runs through this path).
+        if weight.elementType != .f32 {
+            for scratch in context.tiles { _ = try scratch.reserve(tileRows * k * 4) }
+        }
         context.pool.parallelFor(threads) { thread in
             let begin = thread * part, end = min(n, begin + part)
             guard begin < end else { return }
@@ -110,7 +115,7 @@ public enum Kernels {
                 sgemmTransposedB(m: m, n: end - begin, k: k, a: input, lda: k, b: w, ldb: k, c: output + begin, ldc: n)
                 return
             }
-            let tile = context.tiles[thread].reserve(tileRows * k * 4).bindMemory(to: Float.self, capacity: tileRows * k)
+            let tile = context.tiles[thread].pointer!.bindMemory(to: Float.self, capacity: tileRows * k)
             var start = begin
             while start < end {
                 let stop = min(end, start + tileRows)
