@@ -6,11 +6,14 @@
 - float16 / bfloat16 rounding from numpy and torch.
 - RoPE inverse frequencies, attention scaling and cos/sin tables from Hugging Face
   transformers' LlamaRotaryEmbedding, for every scaling type Quill supports.
+- safetensors files written by the `safetensors` library: one file of mixed dtypes with
+  metadata, and a checkpoint sharded in two with its model.safetensors.index.json.
 
 Run by hand (not by CI):
-    pip install numpy torch transformers gguf
+    pip install numpy torch transformers gguf safetensors
     python3 Scripts/make_tensorcore_fixtures.py
-It rewrites Tests/TensorCoreTests/Fixtures/{quantization,rope}.json.
+It rewrites Tests/TensorCoreTests/Fixtures/{quantization,rope}.json and
+Tests/TensorCoreTests/Fixtures/safetensors/.
 """
 import json
 import pathlib
@@ -96,8 +99,38 @@ def rope_fixture():
     ]}
 
 
+def safetensors_fixture():
+    from safetensors.torch import save_file
+    out = OUT / "safetensors"
+    (out / "sharded").mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        "model.embed_tokens.weight": torch.randn(5, 8, generator=g),
+        "model.norm.weight": torch.randn(8, generator=g).to(torch.float16),
+        "lm_head.weight": torch.randn(3, 8, generator=g).to(torch.bfloat16),
+        "quant.codes": torch.randint(-128, 127, (4, 4), generator=g, dtype=torch.int8),
+        "quant.bytes": torch.randint(0, 255, (7,), generator=g, dtype=torch.uint8),
+        "empty": torch.zeros(0, 8),
+    }
+    save_file(tensors, str(out / "mixed.safetensors"), metadata={"format": "pt", "note": "fixture"})
+    expected = {name: {"dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
+                       "values": [float(v) for v in t.float().reshape(-1)]} for name, t in tensors.items()}
+    (out / "mixed.json").write_text(json.dumps(expected))
+    shard_a = {"a.weight": torch.randn(4, 4, generator=g), "a.bias": torch.randn(4, generator=g)}
+    shard_b = {"b.weight": torch.randn(2, 4, generator=g).to(torch.float16)}
+    save_file(shard_a, str(out / "sharded" / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file(shard_b, str(out / "sharded" / "model-00002-of-00002.safetensors"), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": 4 * 16 + 4 * 4 + 2 * 8},
+             "weight_map": {**{k: "model-00001-of-00002.safetensors" for k in shard_a},
+                            **{k: "model-00002-of-00002.safetensors" for k in shard_b}}}
+    (out / "sharded" / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    expected = {name: [float(v) for v in t.float().reshape(-1)] for name, t in {**shard_a, **shard_b}.items()}
+    (out / "sharded.json").write_text(json.dumps(expected))
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    safetensors_fixture()
     (OUT / "quantization.json").write_text(json.dumps(quantization_fixture()))
     (OUT / "rope.json").write_text(json.dumps(rope_fixture()))
     print("wrote", OUT)
