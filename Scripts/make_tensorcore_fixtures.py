@@ -8,6 +8,10 @@
   transformers' LlamaRotaryEmbedding, for every scaling type Quill supports.
 - safetensors files written by the `safetensors` library: one file of mixed dtypes with
   metadata, and a checkpoint sharded in two with its model.safetensors.index.json.
+- GGUF files written by the `gguf` package's GGUFWriter: every metadata value type
+  (nested arrays included) and tensors of F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K, with
+  the values the package's own `dequantize` gives (K-quant blocks are random bytes with
+  sane scales, since the package cannot quantize to them).
 
 Run by hand (not by CI):
     pip install numpy torch transformers gguf safetensors
@@ -128,9 +132,75 @@ def safetensors_fixture():
     (out / "sharded.json").write_text(json.dumps(expected))
 
 
+def gguf_fixture():
+    from gguf import GGUFWriter, GGUFValueType
+    out = OUT / "gguf"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(9)
+
+    def k_quant_blocks(kind, blocks):
+        size = {GGMLQuantizationType.Q4_K: 144, GGMLQuantizationType.Q6_K: 210}[kind]
+        raw = rng.integers(0, 256, size=(blocks, size), dtype=np.uint8)
+        scale = np.float16(0.01).view(np.uint16)
+        if kind == GGMLQuantizationType.Q4_K:   # d, dmin at the start
+            raw[:, 0:2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+            raw[:, 2:4] = np.frombuffer(np.float16(0.02).tobytes(), np.uint8)
+        else:                                   # d at the end
+            raw[:, 208:210] = np.frombuffer(np.float16(0.003).tobytes(), np.uint8)
+        return raw
+
+    for name, alignment in (("all-types.gguf", None), ("aligned-64.gguf", 64)):
+        writer = GGUFWriter(str(out / name), arch="llama")
+        if alignment:
+            writer.add_custom_alignment(alignment)
+        writer.add_uint8("test.u8", 200)
+        writer.add_int8("test.i8", -100)
+        writer.add_uint16("test.u16", 60000)
+        writer.add_int16("test.i16", -30000)
+        writer.add_uint32("test.u32", 4000000000)
+        writer.add_int32("test.i32", -2000000000)
+        writer.add_float32("test.f32", 0.15625)
+        writer.add_uint64("test.u64", 2**62)
+        writer.add_int64("test.i64", -(2**61))
+        writer.add_float64("test.f64", 3.141592653589793)
+        writer.add_bool("test.bool", True)
+        writer.add_string("test.string", "héllo ▁wörld 🙂")
+        writer.add_array("test.ints", [1, 2, 3])
+        writer.add_array("test.strings", ["a", "", "ü"])
+        writer.add_key_value("test.nested", [[1, 2], [3]], GGUFValueType.ARRAY, sub_type=GGUFValueType.ARRAY)
+        expected = {}
+        f32 = rng.normal(0, 1, (3, 64)).astype(np.float32)
+        writer.add_tensor("t.f32", f32)
+        expected["t.f32"] = {"type": "F32", "shape": [3, 64], "values": f32.reshape(-1).tolist()}
+        f16 = rng.normal(0, 1, (2, 64)).astype(np.float16)
+        writer.add_tensor("t.f16", f16)
+        expected["t.f16"] = {"type": "F16", "shape": [2, 64], "values": f16.astype(np.float32).reshape(-1).tolist()}
+        bf16 = torch.from_numpy(rng.normal(0, 1, (2, 32)).astype(np.float32)).to(torch.bfloat16)
+        writer.add_tensor("t.bf16", bf16.view(torch.int16).numpy().view(np.uint16).view(np.uint8).reshape(2, 64),
+                          raw_dtype=GGMLQuantizationType.BF16)
+        expected["t.bf16"] = {"type": "BF16", "shape": [2, 32], "values": bf16.float().reshape(-1).tolist()}
+        for kind, label in ((GGMLQuantizationType.Q8_0, "Q8_0"), (GGMLQuantizationType.Q4_0, "Q4_0")):
+            values = rng.normal(0, 1, (4, 64)).astype(np.float32)
+            raw = quantize(values, kind)
+            writer.add_tensor("t." + label.lower(), raw, raw_dtype=kind)
+            expected["t." + label.lower()] = {"type": label, "shape": [4, 64],
+                                              "values": dequantize(raw, kind).astype(np.float32).reshape(-1).tolist()}
+        for kind, label in ((GGMLQuantizationType.Q4_K, "Q4_K"), (GGMLQuantizationType.Q6_K, "Q6_K")):
+            raw = k_quant_blocks(kind, 2)
+            writer.add_tensor("t." + label.lower(), raw.reshape(1, -1), raw_dtype=kind)
+            expected["t." + label.lower()] = {"type": label, "shape": [1, 512],
+                                              "values": dequantize(raw.reshape(1, -1), kind).astype(np.float32).reshape(-1).tolist()}
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        (out / name.replace(".gguf", ".json")).write_text(json.dumps(expected))
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     safetensors_fixture()
+    gguf_fixture()
     (OUT / "quantization.json").write_text(json.dumps(quantization_fixture()))
     (OUT / "rope.json").write_text(json.dumps(rope_fixture()))
     print("wrote", OUT)

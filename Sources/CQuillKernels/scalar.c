@@ -117,6 +117,56 @@ void quill_dequantize_q4_0_scalar(const void *src, float *dst, int64_t n) {
     }
 }
 
+// The j-th 6-bit scale and min of a Q4_K block's 12 packed bytes.
+static void q4_K_scale_min(int j, const uint8_t *q, uint8_t *scale, uint8_t *min) {
+    if (j < 4) {
+        *scale = q[j] & 63;
+        *min = q[j + 4] & 63;
+    } else {
+        *scale = (uint8_t)((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4));
+        *min = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+void quill_dequantize_q4_K(const void *src, float *dst, int64_t n) {
+    const uint8_t *block = (const uint8_t *)src;
+    for (int64_t b = 0; b < n / 256; b++, block += 144) {
+        const float d = quill_f16_to_f32_scalar(quill_read_u16(block));
+        const float dmin = quill_f16_to_f32_scalar(quill_read_u16(block + 2));
+        const uint8_t *scales = block + 4, *q = block + 16;
+        for (int j = 0; j < 256; j += 64, q += 32) {
+            uint8_t s1, m1, s2, m2;
+            q4_K_scale_min(j / 32, scales, &s1, &m1);
+            q4_K_scale_min(j / 32 + 1, scales, &s2, &m2);
+            const float d1 = d * s1, min1 = dmin * m1, d2 = d * s2, min2 = dmin * m2;
+            for (int l = 0; l < 32; l++) *dst++ = d1 * (float)(q[l] & 0x0F) - min1;
+            for (int l = 0; l < 32; l++) *dst++ = d2 * (float)(q[l] >> 4) - min2;
+        }
+    }
+}
+
+void quill_dequantize_q6_K(const void *src, float *dst, int64_t n) {
+    const uint8_t *block = (const uint8_t *)src;
+    for (int64_t b = 0; b < n / 256; b++, block += 210) {
+        const uint8_t *ql = block, *qh = block + 128;
+        const int8_t *scales = (const int8_t *)(const void *)(block + 192);
+        const float d = quill_f16_to_f32_scalar(quill_read_u16(block + 208));
+        for (int half = 0; half < 2; half++, ql += 64, qh += 32, scales += 8, dst += 128) {
+            for (int l = 0; l < 32; l++) {
+                const int s = l / 16;
+                const int q1 = (int)((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = (int)((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                dst[l] = d * (float)scales[s] * (float)q1;
+                dst[l + 32] = d * (float)scales[s + 2] * (float)q2;
+                dst[l + 64] = d * (float)scales[s + 4] * (float)q3;
+                dst[l + 96] = d * (float)scales[s + 6] * (float)q4;
+            }
+        }
+    }
+}
+
 void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
                            int64_t row_begin, int64_t row_end, float *dst) {
     for (int64_t r = row_begin; r < row_end; r++, dst += k) {

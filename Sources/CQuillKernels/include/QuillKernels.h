@@ -86,6 +86,12 @@ void quill_gemv_q8_0(const void *w, int64_t row_stride, const quill_activation_b
 void quill_gemv_q4_0(const void *w, int64_t row_stride, const quill_activation_pair *x, int64_t k,
                      float *y, int64_t row_begin, int64_t row_end);
 
+/// ggml's K-quants, dequantized (n % 256 == 0): Q4_K (144-byte blocks of 256: fp16 d and
+/// dmin, 12 bytes of packed 6-bit scales and mins, 128 bytes of nibbles) and Q6_K (210-byte
+/// blocks: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8 scales, fp16 d).
+void quill_dequantize_q4_K(const void *src, float *dst, int64_t n);
+void quill_dequantize_q6_K(const void *src, float *dst, int64_t n);
+
 /// Dequantizes rows [row_begin, row_end) of a weight matrix of any supported type into
 /// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0.
 void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
