@@ -39,6 +39,7 @@ let package = Package(
         .target(name: "Decoding", dependencies: ["Models"]),
         .target(name: "Quill", dependencies: ["Decoding"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models"], exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]
 )
