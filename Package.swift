@@ -34,12 +34,13 @@ let package = Package(
         ),
         // The layers, dependencies pointing one way: TensorCore ← Attention ← Models ← Decoding.
         .target(name: "Attention", dependencies: ["TensorCore"]),
-        .target(name: "Tokenization"),
+        .target(name: "Tokenization", dependencies: ["TensorCore"]),
         .target(name: "Models", dependencies: ["Attention", "Tokenization"]),
         .target(name: "Decoding", dependencies: ["Models"]),
         .target(name: "Quill", dependencies: ["Decoding"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
     ],
     swiftLanguageModes: [.v6]
 )
