@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "Quill", dependencies: ["Decoding"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models"], exclude: ["Fixtures"]),
-        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

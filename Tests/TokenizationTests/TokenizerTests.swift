@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Tokenization
+import TensorCore
 
 let sharedFixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures")
@@ -75,5 +76,31 @@ let tokenizers: [String: Tokenizer] = {
             try tokenizer.decode([1, tokenizer.vocabularySize])
         }
         #expect(throws: TokenizerError.self) { try tokenizer.decode([-1]) }
+    }
+}
+
+let ggufTokenizers: [String: Tokenizer] = {
+    var result: [String: Tokenizer] = [:]
+    for kind in ["byte-level", "sentencepiece"] {
+        guard let file = try? GGUFFile(path: sharedFixtures.appendingPathComponent("tokenizers/\(kind).gguf").path) else { continue }
+        result[kind] = try? Tokenizer(gguf: file)
+    }
+    return result
+}()
+
+/// The same vocabularies exported to GGUF by the `gguf` package must encode like Hugging Face.
+@Suite struct GGUFTokenizerTests {
+    @Test func load() throws {
+        for kind in ["byte-level", "sentencepiece"] {
+            _ = try Tokenizer(gguf: GGUFFile(path: sharedFixtures.appendingPathComponent("tokenizers/\(kind).gguf").path))
+        }
+    }
+
+    @Test(arguments: tokenizerCases)
+    func encodeAndDecodeMatchHuggingFace(_ c: TokenizerCase) throws {
+        let tokenizer = try #require(ggufTokenizers[c.kind])
+        #expect(tokenizer.encode(c.text, addSpecialTokens: false) == c.ids)
+        #expect(tokenizer.encode(c.text, addSpecialTokens: true) == c.idsWithSpecial)
+        #expect(try tokenizer.decode(c.ids) == c.decoded)
     }
 }
