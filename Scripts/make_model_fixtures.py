@@ -16,8 +16,9 @@ tokenizers/byte-level/      GPT-2/Qwen-style byte-level BPE (tokenizer.json,
                             tokenizer_config.json with a ChatML chat template). Its vocabulary
                             has BYTE_LEVEL_VOCAB_SIZE = 512 entries: 3 special tokens, the 256
                             byte characters, 252 merges, and one non-special added token
-                            "GNU General" (id 511). 512 rather than 1000 because the models
-                            below use this vocabulary and their embeddings dominate the size.
+                            "GNU General" (id 511). 512 rather than 1000, the brief's remedy
+                            for size: the models below use this vocabulary, so it sets the size
+                            of every embedding, lm_head and logits array.
 tokenizers/sentencepiece/   Llama-2/Mistral-style SentencePiece BPE in tokenizer.json form, with
                             a Llama-2 chat template. 1000 entries: <unk> <s> </s> (ids 0-2), the
                             256 byte-fallback tokens <0x00>..<0xFF> (ids 3-258), then the 741
@@ -35,7 +36,14 @@ tokenizers/byte-level.gguf, tokenizers/sentencepiece.gguf
                             (0-based, in merge order) scores -(r + 1); every token that no merge
                             makes (special, byte, single-character, added tokens) scores 0.0.
                             For the llama vocabulary this is the SentencePiece convention
-                            (a higher score is an earlier merge).
+                            (a higher score is an earlier merge). Token types: 1 normal,
+                            2 unknown, 3 control (special added tokens), 4 user-defined
+                            ("GNU General"), 6 byte (<0xXX>). Beyond the keys the brief lists:
+                            tokenizer.ggml.pre "gpt-2" (gpt2 only), unknown_token_id,
+                            padding_token_id, add_eos_token, and add_space_prefix true (llama
+                            only; Metaspace prepends "▁" to the first word). The byte-level
+                            vocabulary has no BOS token; like Qwen's GGUFs, bos_token_id names
+                            <|endoftext|> and add_bos_token is false.
 models/<name>/              Six tiny random-weight models saved by transformers (config.json,
                             generation_config.json, model.safetensors, plus the byte-level
                             tokenizer files), logits.json (prompt logits and hidden states) and
@@ -46,6 +54,9 @@ models/llama-gqa.f32.gguf, models/qwen2-bias.f32.gguf
                             the byte-level vocabulary. For arch "llama" the q/k projection rows
                             are permuted the way llama.cpp's converter does (so the file expects
                             RoPE on adjacent pairs); for "qwen2" they are not (NEOX-style RoPE).
+                            Checked by reading back with GGUFReader and with transformers' own
+                            GGUF importer (load_gguf_checkpoint), which must undo the permutation
+                            and give back the exact weights.
 
 GGUF dimension order: GGUFWriter.add_tensor takes a numpy array in PyTorch order and writes
 its dims reversed (ggml order, ne[0] = the contiguous dim); the data bytes are the row-major
@@ -64,7 +75,6 @@ Run by hand (not by CI), from the repository root; needs no network:
     python3 Scripts/make_model_fixtures.py
 """
 import json
-import math
 import os
 import pathlib
 import shutil
@@ -100,8 +110,8 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-# Meta's Llama-2-chat template. It renders a leading system message inside <<SYS>> and ignores
-# add_generation_prompt.
+# The chat template of meta-llama/Llama-2-*-chat-hf, character for character. It renders a leading
+# system message inside <<SYS>> and ignores add_generation_prompt.
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
     "{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
@@ -114,7 +124,7 @@ LLAMA2_TEMPLATE = (
     "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
     "{% else %}{% set content = message['content'] %}{% endif %}"
     "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
     "{% endfor %}"
 )
 
@@ -172,10 +182,10 @@ TRICKY_STRINGS = [
     "नमस्ते",
     "😀",
     "I ❤️ free software 🎉",
-    "👨‍👩‍👧‍👦",
-    "🇫🇷",
-    "👍🏽",
-    "e\u0301",
+    "\U0001F468\u200d\U0001F469\u200d\U0001F467\u200d\U0001F466",  # family: four emoji joined by ZWJ
+    "\U0001F1EB\U0001F1F7",  # flag of France: two regional indicators
+    "\U0001F44D\U0001F3FD",  # thumbs up + skin-tone modifier
+    "e\u0301",  # e + combining acute accent
     "cafe\u0301",
     "non\u00a0breaking\u2009spaces",
     "zero\u200bwidth",
@@ -187,8 +197,8 @@ TRICKY_STRINGS = [
     "<0x41> is not a byte token in text",
     "the GNU General Public License",
     "GNU GeneralGNU General",
-    "a▁b ▁c",
-    "ĠhelloĊ",
+    "a▁b ▁c",  # SentencePiece's meta symbol in the input
+    "ĠhelloĊ",  # byte-level alphabet characters in the input
     "a" * 300,
     "=" * 64,
     "def f(x):\n    return x**2",
@@ -220,9 +230,11 @@ def f32_rows(tensor):
 
 
 def write_json(path, value, indent=None):
+    """Writes JSON; without an indent it is compact (no spaces), as the data files are large."""
+    separators = (",", ":") if indent is None else (",", ": ")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as file:
-        json.dump(value, file, ensure_ascii=False, indent=indent, allow_nan=False)
+        json.dump(value, file, ensure_ascii=False, indent=indent, separators=separators, allow_nan=False)
         file.write("\n")
 
 
@@ -317,13 +329,13 @@ def save_tokenizer(tokenizer, folder, config):
 def byte_level_config():
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|im_end|>",
             "pad_token": "<|endoftext|>", "unk_token": None, "add_bos_token": False, "add_eos_token": False,
-            "clean_up_tokenization_spaces": False, "model_max_length": 256, "chat_template": CHATML_TEMPLATE}
+            "clean_up_tokenization_spaces": False, "chat_template": CHATML_TEMPLATE}
 
 
 def sentencepiece_config():
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
             "pad_token": None, "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-            "clean_up_tokenization_spaces": False, "model_max_length": 256, "chat_template": LLAMA2_TEMPLATE}
+            "clean_up_tokenization_spaces": False, "chat_template": LLAMA2_TEMPLATE}
 
 
 def load_with_transformers(folder):
@@ -354,11 +366,9 @@ def encode_case(tokenizer, hf_tokenizer, text):
 
 
 def chat_ids(hf_tokenizer, messages, add_generation_prompt):
-    encoded = hf_tokenizer.apply_chat_template(messages, tokenize=True,
+    encoded = hf_tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                add_generation_prompt=add_generation_prompt)
-    if isinstance(encoded, dict) or hasattr(encoded, "keys"):
-        encoded = encoded["input_ids"]
-    return list(encoded)
+    return list(encoded["input_ids"])
 
 
 def chat_cases(hf_tokenizer):
@@ -415,10 +425,16 @@ def vocabulary(folder):
         else:
             types[added["id"]] = gguf.TokenType.USER_DEFINED
     assert None not in tokens
-    merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in model["merges"]]
-    rank = {merge.replace(" ", ""): index for index, merge in reversed(list(enumerate(merges)))}
-    scores = [-(rank[token] + 1.0) if token in rank and types[i] == gguf.TokenType.NORMAL else 0.0
-              for i, token in enumerate(tokens)]
+    pairs = [merge if isinstance(merge, list) else merge.split(" ") for merge in model["merges"]]
+    merges = [" ".join(pair) for pair in pairs]
+    rank = {}  # token -> index of the first merge that makes it
+    for index, (left, right) in enumerate(pairs):
+        if left + right not in rank:
+            rank[left + right] = index
+    scores = []
+    for token, kind in zip(tokens, types):
+        made_by_merge = token in rank and kind == gguf.TokenType.NORMAL
+        scores.append(-(rank[token] + 1.0) if made_by_merge else 0.0)
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     return {"tokens": tokens, "types": [int(t) for t in types], "scores": scores, "merges": merges,
             "config": config}
@@ -487,12 +503,12 @@ def check_vocabulary(reader, vocab, ggml_model):
 # 5. Tiny models
 
 def common_settings(eos_id, pad_id):
-    return {"vocab_size": BYTE_LEVEL_VOCAB_SIZE, "hidden_size": 64, "num_hidden_layers": 2,
+    return {"vocab_size": BYTE_LEVEL_VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 2,
             "bos_token_id": None, "eos_token_id": eos_id, "pad_token_id": pad_id}
 
 
 def transformer_settings(eos_id, pad_id):
-    return dict(common_settings(eos_id, pad_id), intermediate_size=128, num_attention_heads=4,
+    return dict(common_settings(eos_id, pad_id), intermediate_size=64, num_attention_heads=4,
                 max_position_embeddings=256, rms_norm_eps=1e-5, attention_dropout=0.0)
 
 
@@ -501,25 +517,29 @@ def default_rope():
 
 
 def model_specs(eos_id, pad_id):
-    """(name, model class, config) for each fixture model."""
+    """(name, seed, model class, config) for each fixture model.
+
+    Seeds are 1000 + position, except llama3-tied: with 1001 its greedy continuation collapses into
+    one repeated token after 14 steps, which makes a weak decode test. (Mamba's does that with
+    every seed tried: its tied embeddings dominate the residual stream.)"""
     base = transformer_settings(eos_id, pad_id)
     llama3_rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                    "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
     return [
-        ("llama-gqa", LlamaForCausalLM,
+        ("llama-gqa", 1000, LlamaForCausalLM,
          LlamaConfig(**base, num_key_value_heads=2, rope_parameters=default_rope(), tie_word_embeddings=False)),
-        ("llama3-tied", LlamaForCausalLM,
+        ("llama3-tied", 1005, LlamaForCausalLM,
          LlamaConfig(**base, num_key_value_heads=4, rope_parameters=llama3_rope, tie_word_embeddings=True)),
-        ("mistral-sliding", MistralForCausalLM,
+        ("mistral-sliding", 1002, MistralForCausalLM,
          MistralConfig(**base, num_key_value_heads=2, sliding_window=8, rope_parameters=default_rope(),
                        tie_word_embeddings=False)),
-        ("qwen2-bias", Qwen2ForCausalLM,
+        ("qwen2-bias", 1003, Qwen2ForCausalLM,
          Qwen2Config(**base, num_key_value_heads=2, rope_parameters=default_rope(), tie_word_embeddings=False,
                      use_sliding_window=False)),
-        ("mixtral-moe", MixtralForCausalLM,
+        ("mixtral-moe", 1004, MixtralForCausalLM,
          MixtralConfig(**base, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
                        sliding_window=None, rope_parameters=default_rope(), tie_word_embeddings=False)),
-        ("mamba", MambaForCausalLM,
+        ("mamba", 1005, MambaForCausalLM,
          MambaConfig(**common_settings(eos_id, pad_id), state_size=8, expand=2, conv_kernel=4,
                      time_step_rank="auto", use_bias=False, use_conv_bias=True, tie_word_embeddings=True,
                      layer_norm_epsilon=1e-5)),
@@ -617,18 +637,23 @@ def logits_fixture(name, model, ids):
 
 def greedy_fixture(name, model, ids):
     model.generation_config.eos_token_id = None  # generate exactly NEW_TOKENS tokens
-    sequence = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                              max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                              pad_token_id=model.config.pad_token_id)
+    result = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                            max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                            pad_token_id=model.config.pad_token_id,
+                            return_dict_in_generate=True, output_logits=True)
+    sequence = result.sequences
     generated = sequence[0, ids.shape[1]:].tolist()
     assert len(generated) == NEW_TOKENS
+    chosen_logits = [f32(step[0, token]) for step, token in zip(result.logits, generated)]
     # Cross-check the cached decode against one uncached forward pass over the whole sequence.
     logits = model(sequence[:, :-1], use_cache=False).logits[0, ids.shape[1] - 1:]
     assert logits.argmax(-1).tolist() == generated, name
     return {"model": name, "model_type": model.config.model_type, "architecture": type(model).__name__,
             "versions": versions(), "prompt_ids": ids[0].tolist(), "max_new_tokens": NEW_TOKENS,
-            "generated_ids": generated, "sequence": sequence[0].tolist(),
-            "note": "model.generate(do_sample=False) with eos_token_id None: pure argmax, exactly 30 new tokens."}
+            "generated_ids": generated, "generated_logits": chosen_logits, "sequence": sequence[0].tolist(),
+            "note": ("model.generate(do_sample=False) with eos_token_id None: pure argmax with the KV cache "
+                     "(Mamba: recurrent state), exactly 30 new tokens. generated_logits[i] is the raw logit "
+                     "of generated_ids[i] at its step.")}
 
 
 def sliding_window_difference(model, config, ids):
@@ -660,8 +685,8 @@ def make_models(byte_level_tokenizer, byte_level_dir):
     pad_id = byte_level_tokenizer.token_to_id("<|endoftext|>")
     ids = torch.tensor([prompt_ids(byte_level_tokenizer)])
     built = {}
-    for seed, (name, model_class, config) in enumerate(model_specs(eos_id, pad_id)):
-        model = build_model(model_class, config, seed=1000 + seed)
+    for name, seed, model_class, config in model_specs(eos_id, pad_id):
+        model = build_model(model_class, config, seed)
         folder = save_model(name, model, byte_level_dir)
         logits = logits_fixture(name, model, ids)
         if name == "mistral-sliding":
@@ -672,6 +697,8 @@ def make_models(byte_level_tokenizer, byte_level_dir):
         write_json(folder / "logits.json", logits)
         write_json(folder / "greedy.json", greedy_fixture(name, model, ids))
         check_saved_model(model_class, folder, model, ids)
+        if name == "mixtral-moe":
+            check_mixtral_checkpoint(folder, model)
         built[name] = model
         print("wrote", folder.relative_to(ROOT))
     return built
@@ -682,6 +709,28 @@ def check_saved_model(model_class, folder, model, ids):
     reloaded = model_class.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32)
     reloaded.eval()
     assert torch.equal(reloaded(ids).logits, model(ids).logits), folder.name
+
+
+def check_mixtral_checkpoint(folder, model):
+    """The saved per-expert tensors, read as Mixtral's w1 (gate), w3 (up), w2 (down), reproduce the
+    model's first MoE block: softmax router, top-k experts, weights renormalized over the top k."""
+    from safetensors.torch import load_file
+    weights = load_file(str(folder / "model.safetensors"))
+    prefix = "model.layers.0.block_sparse_moe."
+    config = model.config
+    torch.manual_seed(5)
+    x = torch.randn(7, config.hidden_size)
+    probabilities = torch.softmax(x @ weights[prefix + "gate.weight"].T, dim=-1)
+    top_weights, top_experts = probabilities.topk(config.num_experts_per_tok, dim=-1)
+    top_weights = top_weights / top_weights.sum(-1, keepdim=True)
+    expected = torch.zeros_like(x)
+    for row in range(x.shape[0]):
+        for weight, expert in zip(top_weights[row], top_experts[row].tolist()):
+            w1, w2, w3 = (weights[f"{prefix}experts.{expert}.{n}.weight"] for n in ("w1", "w2", "w3"))
+            expected[row] += weight * (w2 @ (torch.nn.functional.silu(w1 @ x[row]) * (w3 @ x[row])))
+    actual = model.model.layers[0].mlp(x[None])
+    actual = actual[0] if isinstance(actual, tuple) else actual
+    assert torch.allclose(actual[0], expected, atol=1e-5), (actual[0] - expected).abs().max()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -774,6 +823,17 @@ def check_model_gguf(path, arch, model, tensors, vocab):
     q = dict((t.name, t.data) for t in reader.tensors)["blk.0.attn_q.weight"]
     original = model.state_dict()["model.layers.0.self_attn.q_proj.weight"].numpy()
     assert np.array_equal(q, original) == (arch != "llama")
+    check_with_transformers_gguf_loader(path, model)
+
+
+def check_with_transformers_gguf_loader(path, model):
+    """transformers' own GGUF importer, which undoes llama.cpp's q/k permutation, gives back the weights."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    loaded = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    expected = model.state_dict()
+    assert set(loaded) == set(expected), set(loaded) ^ set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(torch.as_tensor(loaded[name]), tensor), name
 
 
 def rope_half_split(x, positions, theta):
@@ -815,6 +875,7 @@ def check_permutation():
 # ----------------------------------------------------------------------------------------------
 
 def main():
+    transformers.utils.logging.disable_progress_bar()
     shutil.rmtree(TOKENIZERS_DIR, ignore_errors=True)
     shutil.rmtree(MODELS_DIR, ignore_errors=True)
     TOKENIZERS_DIR.mkdir(parents=True)
