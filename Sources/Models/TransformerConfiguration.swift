@@ -47,6 +47,41 @@ public struct TransformerConfiguration: Sendable, Equatable {
     /// Query heads that share one key/value head.
     public var groupSize: Int { headCount / keyValueHeadCount }
 
+    /// A `rope_type` (or transformers 4's `type`) and its parameters.
+    static func scaling(_ keys: ConfigurationKeys, maxPositionEmbeddings: Int) throws -> RopeScaling {
+        let type = keys.has("rope_type") ? try keys.string("rope_type") : keys.has("type") ? try keys.string("type") : "default"
+        switch type {
+        case "default": return .none
+        case "linear": return .linear(factor: Float(try keys.number("factor")))
+        case "dynamic": return .dynamic(factor: Float(try keys.number("factor")), maxPositionEmbeddings: maxPositionEmbeddings)
+        case "llama3":
+            return .llama3(factor: Float(try keys.number("factor")),
+                           lowFrequencyFactor: Float(try keys.number("low_freq_factor")),
+                           highFrequencyFactor: Float(try keys.number("high_freq_factor")),
+                           originalMaxPositionEmbeddings: try keys.integer("original_max_position_embeddings"))
+        case "yarn":
+            let original = try keys.integer("original_max_position_embeddings", default: maxPositionEmbeddings)
+            let factor = keys.has("factor") ? Float(try keys.number("factor")) : Float(maxPositionEmbeddings) / Float(original)
+            return .yarn(factor: factor, originalMaxPositionEmbeddings: original,
+                         betaFast: Float(try keys.number("beta_fast", default: 32)),
+                         betaSlow: Float(try keys.number("beta_slow", default: 1)),
+                         attentionFactor: keys.has("attention_factor") ? Float(try keys.number("attention_factor")) : nil,
+                         mscale: keys.has("mscale") ? Float(try keys.number("mscale")) : nil,
+                         mscaleAllDim: keys.has("mscale_all_dim") ? Float(try keys.number("mscale_all_dim")) : nil,
+                         truncate: try keys.bool("truncate", default: true))
+        default:
+            throw keys.invalid("rope_type", "'\(type)' is not supported (default, linear, dynamic, llama3, yarn)")
+        }
+    }
+
+    /// The rotary embedding this configuration describes.
+    public func rotaryEmbedding() throws -> RotaryEmbedding {
+        try RotaryEmbedding(dimension: rotaryDimension, base: ropeTheta, scaling: ropeScaling, layout: ropeLayout)
+    }
+}
+
+extension TransformerConfiguration {
+    /// Reads a config.json's keys with `modelType`'s defaults.
     init(keys: ConfigurationKeys, modelType: String) throws {
         self.modelType = modelType
         vocabularySize = try keys.integer("vocab_size")
@@ -115,38 +150,6 @@ public struct TransformerConfiguration: Sendable, Equatable {
         let positions = maxPositionEmbeddings
         ropeScaling = try scalingKeys.map { try Self.scaling($0, maxPositionEmbeddings: positions) } ?? .none
     }
-
-    /// A `rope_type` (or transformers 4's `type`) and its parameters.
-    static func scaling(_ keys: ConfigurationKeys, maxPositionEmbeddings: Int) throws -> RopeScaling {
-        let type = keys.has("rope_type") ? try keys.string("rope_type") : keys.has("type") ? try keys.string("type") : "default"
-        switch type {
-        case "default": return .none
-        case "linear": return .linear(factor: Float(try keys.number("factor")))
-        case "dynamic": return .dynamic(factor: Float(try keys.number("factor")), maxPositionEmbeddings: maxPositionEmbeddings)
-        case "llama3":
-            return .llama3(factor: Float(try keys.number("factor")),
-                           lowFrequencyFactor: Float(try keys.number("low_freq_factor")),
-                           highFrequencyFactor: Float(try keys.number("high_freq_factor")),
-                           originalMaxPositionEmbeddings: try keys.integer("original_max_position_embeddings"))
-        case "yarn":
-            let original = try keys.integer("original_max_position_embeddings", default: maxPositionEmbeddings)
-            let factor = keys.has("factor") ? Float(try keys.number("factor")) : Float(maxPositionEmbeddings) / Float(original)
-            return .yarn(factor: factor, originalMaxPositionEmbeddings: original,
-                         betaFast: Float(try keys.number("beta_fast", default: 32)),
-                         betaSlow: Float(try keys.number("beta_slow", default: 1)),
-                         attentionFactor: keys.has("attention_factor") ? Float(try keys.number("attention_factor")) : nil,
-                         mscale: keys.has("mscale") ? Float(try keys.number("mscale")) : nil,
-                         mscaleAllDim: keys.has("mscale_all_dim") ? Float(try keys.number("mscale_all_dim")) : nil,
-                         truncate: try keys.bool("truncate", default: true))
-        default:
-            throw keys.invalid("rope_type", "'\(type)' is not supported (default, linear, dynamic, llama3, yarn)")
-        }
-    }
-
-    /// The rotary embedding this configuration describes.
-    public func rotaryEmbedding() throws -> RotaryEmbedding {
-        try RotaryEmbedding(dimension: rotaryDimension, base: ropeTheta, scaling: ropeScaling, layout: ropeLayout)
-    }
 }
 
 /// A Mamba selective state-space model (`model_type` `mamba`).
@@ -169,7 +172,10 @@ public struct MambaConfiguration: Sendable, Equatable {
     public var tieWordEmbeddings: Bool
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
+}
 
+extension MambaConfiguration {
+    /// Reads a config.json's keys.
     init(keys: ConfigurationKeys) throws {
         vocabularySize = try keys.integer("vocab_size")
         hiddenSize = try keys.integer("hidden_size")

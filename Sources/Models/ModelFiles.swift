@@ -1,0 +1,172 @@
+import Foundation
+
+/// How far a load has got, for a progress bar.
+public struct LoadProgress: Sendable, Equatable {
+    /// What is happening ("mapping", "quantizing").
+    public let stage: String
+    public let completed: Int
+    public let total: Int
+    /// completed / total, in 0...1.
+    public var fraction: Double { total == 0 ? 1 : Double(completed) / Double(total) }
+}
+
+/// Options for `ModelFiles.load`.
+public struct LoadOptions: Sendable {
+    /// Quantize float weight matrices to Q8_0 or Q4_0 while loading (nil: use them as stored).
+    public var quantization: ElementType?
+    /// Called as the load advances (from the loading thread).
+    public var progress: (@Sendable (LoadProgress) -> Void)?
+    /// Threads for quantization at load (nil: all cores).
+    public var threads: Int?
+
+    public init(quantization: ElementType? = nil, threads: Int? = nil, progress: (@Sendable (LoadProgress) -> Void)? = nil) {
+        self.quantization = quantization
+        self.threads = threads
+        self.progress = progress
+    }
+}
+
+/// A model's weights by Hugging Face checkpoint name, whatever file they came from. GGUF
+/// tensors are renamed (`blk.0.attn_q.weight` → `model.layers.0.self_attn.q_proj.weight`)
+/// and stacked experts are sliced per expert, all without copying.
+public struct ModelWeights: Sendable {
+    enum Source: Sendable {
+        case safetensors(SafetensorsCheckpoint)
+        case gguf(GGUFFile, names: [String: (gguf: String, expert: Int?)])
+    }
+
+    let source: Source
+    /// Tensors replaced at load (quantized copies).
+    let replaced: [String: Tensor]
+    /// The file(s) the weights come from, for error messages.
+    public let path: String
+
+    /// Every checkpoint name.
+    public var names: [String] {
+        switch source {
+        case let .safetensors(checkpoint): return checkpoint.names
+        case let .gguf(_, names): return names.keys.sorted()
+        }
+    }
+
+    /// Whether a tensor is present.
+    public func contains(_ name: String) -> Bool {
+        switch source {
+        case let .safetensors(checkpoint): return checkpoint.entry(name) != nil
+        case let .gguf(_, names): return names[name] != nil
+        }
+    }
+
+    /// The tensor `name`, throwing `ModelFileError.missingTensor` when absent.
+    public func tensor(_ name: String) throws -> Tensor {
+        if let tensor = replaced[name] { return tensor }
+        switch source {
+        case let .safetensors(checkpoint):
+            return try checkpoint.tensor(name)
+        case let .gguf(file, names):
+            guard let (ggufName, expert) = names[name] else { throw ModelFileError.missingTensor(path: path, tensor: name) }
+            var tensor = try file.tensor(ggufName)
+            if let expert {
+                tensor = try tensor.slice(expert..<expert + 1).reshaped(Array(tensor.shape.dropFirst()))
+            }
+            return try Tensor(name: name, elementType: tensor.elementType, shape: tensor.shape, storage: tensor.storage,
+                              byteOffset: tensor.byteOffset)
+        }
+    }
+
+    /// The tensor `name` with its shape checked against `shape`.
+    public func tensor(_ name: String, shape: [Int]) throws -> Tensor {
+        let tensor = try tensor(name)
+        guard tensor.shape == shape else {
+            throw ModelFileError.invalidTensor(path: path, tensor: name, detail: "shape \(tensor.shape), the configuration expects \(shape)")
+        }
+        return tensor
+    }
+}
+
+/// Everything needed to run a model: its configuration, weights and tokenizer, from a
+/// Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a `.gguf` file.
+public struct ModelFiles: Sendable {
+    public let configuration: ModelConfiguration
+    public let weights: ModelWeights
+    public let tokenizer: Tokenizer
+    /// Every id that ends generation: the config's, the generation config's and the tokenizer's.
+    public let eosTokenIDs: [Int]
+    public var bosTokenID: Int? { tokenizer.bosTokenID }
+
+    /// Loads a folder or a `.gguf` file. Weights are memory-mapped and used in place unless
+    /// `options.quantization` asks for conversion.
+    public static func load(_ path: String, options: LoadOptions = LoadOptions()) throws -> ModelFiles {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ModelFileError.invalidHeader(path: path, detail: "no such file or folder")
+        }
+        options.progress?(LoadProgress(stage: "mapping", completed: 0, total: 1))
+        var files = isDirectory.boolValue ? try loadFolder(path) : try loadGGUF(path)
+        if let type = options.quantization { files = try files.quantized(to: type, options: options) }
+        options.progress?(LoadProgress(stage: "ready", completed: 1, total: 1))
+        return files
+    }
+
+    init(configuration: ModelConfiguration, weights: ModelWeights, tokenizer: Tokenizer, eosTokenIDs: [Int]) {
+        self.configuration = configuration
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.eosTokenIDs = eosTokenIDs
+    }
+
+    static func loadFolder(_ path: String) throws -> ModelFiles {
+        let folder = URL(fileURLWithPath: path)
+        let configuration = try ModelConfiguration(contentsOf: folder.appendingPathComponent("config.json"))
+        let tokenizer = try Tokenizer(directory: folder)
+        let checkpoint = try SafetensorsCheckpoint(directory: path)
+        var eos = tokenizer.eosTokenIDs
+        switch configuration {
+        case let .transformer(c): eos += c.eosTokenIDs
+        case let .mamba(c): eos += c.eosTokenIDs
+        }
+        let generation = folder.appendingPathComponent("generation_config.json")
+        if let data = try? Data(contentsOf: generation), case let .object(members) = try? data.withUnsafeBytes({ try StrictJSON.parse($0) }) {
+            eos += (try? ConfigurationKeys(members: members, path: generation.path).integers("eos_token_id")) ?? []
+        }
+        let weights = ModelWeights(source: .safetensors(checkpoint), replaced: [:], path: path)
+        return ModelFiles(configuration: configuration, weights: weights, tokenizer: tokenizer,
+                          eosTokenIDs: orderedUnique(eos.filter { $0 < tokenizer.vocabularySize }))
+    }
+
+    static func loadGGUF(_ path: String) throws -> ModelFiles {
+        let file = try GGUFFile(path: path)
+        let tokenizer = try Tokenizer(gguf: file)
+        let configuration = try GGUFConfiguration.configuration(file, vocabularySize: tokenizer.vocabularySize)
+        let names = GGUFConfiguration.checkpointNames(file, configuration: configuration)
+        let weights = ModelWeights(source: .gguf(file, names: names), replaced: [:], path: path)
+        return ModelFiles(configuration: configuration, weights: weights, tokenizer: tokenizer, eosTokenIDs: tokenizer.eosTokenIDs)
+    }
+
+    /// Float matrices (2-D, not the embedding, innermost dimension a whole number of
+    /// blocks) converted to `type`.
+    func quantized(to type: ElementType, options: LoadOptions) throws -> ModelFiles {
+        guard type == .q8_0 || type == .q4_0 else {
+            throw ConfigurationError.invalidValue(path: weights.path, key: "quantization", detail: "\(type) is not Q8_0 or Q4_0")
+        }
+        let candidates = try weights.names.filter { name in
+            let tensor = try weights.tensor(name)
+            return tensor.shape.count == 2 && !tensor.elementType.isQuantized && tensor.columns % type.blockSize == 0
+                && !name.hasSuffix("embed_tokens.weight") && !name.hasSuffix("embeddings.weight")
+        }
+        let pool = try ThreadPool(threads: options.threads)
+        var replaced: [String: Tensor] = [:]
+        for (index, name) in candidates.enumerated() {
+            options.progress?(LoadProgress(stage: "quantizing", completed: index, total: candidates.count))
+            replaced[name] = try weights.tensor(name).converted(to: type, pool: pool)
+        }
+        options.progress?(LoadProgress(stage: "quantizing", completed: candidates.count, total: candidates.count))
+        let quantizedWeights = ModelWeights(source: weights.source, replaced: replaced, path: weights.path)
+        return ModelFiles(configuration: configuration, weights: quantizedWeights, tokenizer: tokenizer, eosTokenIDs: eosTokenIDs)
+    }
+}
+
+func orderedUnique(_ values: [Int]) -> [Int] {
+    var seen = Set<Int>()
+    return values.filter { seen.insert($0).inserted }
+}
