@@ -14,6 +14,8 @@ public final class MappedFile: Sendable {
     // The mapping is read-only and never remapped, so sharing the address across threads is
     // safe; a raw pointer is not Sendable by itself, hence the Int.
     private let address: Int
+    /// Bytes copied into memory (not mapped): freed instead of unmapped.
+    private let isCopy: Bool
 
     /// Maps `path` read-only. Throws `TensorError.file` when it cannot be opened or mapped.
     public init(path: String) throws {
@@ -31,6 +33,7 @@ public final class MappedFile: Sendable {
             throw TensorError.file(path: path, reason: "not a regular file")
         }
         byteCount = Int(info.st_size)
+        isCopy = false
         if byteCount == 0 {
             address = 0  // mmap rejects empty files; an empty file has nothing to view
             return
@@ -42,8 +45,24 @@ public final class MappedFile: Sendable {
         address = Int(bitPattern: mapped)
     }
 
+    /// A copy of `bytes` in memory, read like a mapped file named `name` (for data that did
+    /// not come from disk, and for fuzzing the parsers without a file per input).
+    public init(copying bytes: UnsafeRawBufferPointer, name: String) {
+        path = name
+        byteCount = bytes.count
+        isCopy = true
+        guard bytes.count > 0, let memory = malloc(bytes.count) else {
+            address = 0
+            return
+        }
+        memory.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        address = Int(bitPattern: memory)
+    }
+
     deinit {
-        if address != 0 { munmap(UnsafeMutableRawPointer(bitPattern: address), byteCount) }
+        guard address != 0 else { return }
+        if isCopy { free(UnsafeMutableRawPointer(bitPattern: address)) }
+        else { munmap(UnsafeMutableRawPointer(bitPattern: address), byteCount) }
     }
 
     /// The first byte of the mapping (nil for an empty file).

@@ -14,8 +14,14 @@ struct BytePairEncoder: Sendable {
     @inline(__always) static func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b)) }
 
     /// Merges `symbols` in place: repeatedly the adjacent pair of lowest rank, the leftmost
-    /// on ties — the order Hugging Face's priority queue produces.
+    /// on ties — the order Hugging Face's priority queue produces. Short words use a plain
+    /// scan; long ones (a 10,000-character run of punctuation, a whole text for GGUF's
+    /// SentencePiece) a heap, so the cost stays O(n log n).
     func encode(_ symbols: inout [Int32]) {
+        if symbols.count <= 16 { scanMerge(&symbols) } else { heapMerge(&symbols) }
+    }
+
+    func scanMerge(_ symbols: inout [Int32]) {
         while symbols.count > 1 {
             var best = Int32.max, position = -1, result: Int32 = 0
             for i in 0..<(symbols.count - 1) {
@@ -29,6 +35,79 @@ struct BytePairEncoder: Sendable {
             symbols[position] = result
             symbols.remove(at: position + 1)
         }
+    }
+
+    /// A candidate merge of the symbol at `left` with its right neighbour `right`.
+    private struct Candidate: Comparable {
+        let rank: Int32
+        let left: Int32
+        let right: Int32
+        static func < (a: Candidate, b: Candidate) -> Bool { a.rank != b.rank ? a.rank < b.rank : a.left < b.left }
+    }
+
+    func heapMerge(_ symbols: inout [Int32]) {
+        let n = symbols.count
+        var next = (0..<n).map { Int32($0 + 1) }  // n means none
+        var previous = (0..<n).map { Int32($0 - 1) }
+        var alive = [Bool](repeating: true, count: n)
+        var heap = MinHeap<Candidate>()
+        func push(_ left: Int32) {
+            guard left >= 0 else { return }
+            let right = next[Int(left)]
+            guard right < n, let merge = merges[Self.key(symbols[Int(left)], symbols[Int(right)])] else { return }
+            heap.push(Candidate(rank: merge.rank, left: left, right: right))
+        }
+        for i in 0..<(n - 1) { push(Int32(i)) }
+        while let candidate = heap.pop() {
+            let left = Int(candidate.left), right = Int(candidate.right)
+            // Stale: a side was merged away, or its id changed since the candidate was made.
+            guard alive[left], alive[right], next[left] == candidate.right,
+                  let merge = merges[Self.key(symbols[left], symbols[right])], merge.rank == candidate.rank else { continue }
+            symbols[left] = merge.result
+            alive[right] = false
+            next[left] = next[right]
+            if next[right] < n { previous[Int(next[right])] = Int32(left) }
+            push(previous[left])
+            push(Int32(left))
+        }
+        var output: [Int32] = []
+        output.reserveCapacity(n)
+        var i = 0
+        while i < n { output.append(symbols[i]); i = Int(next[i]) }
+        symbols = output
+    }
+}
+
+/// A binary min-heap.
+struct MinHeap<Element: Comparable> {
+    private var items: [Element] = []
+
+    mutating func push(_ item: Element) {
+        items.append(item)
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard items[child] < items[parent] else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func pop() -> Element? {
+        guard !items.isEmpty else { return nil }
+        items.swapAt(0, items.count - 1)
+        let top = items.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < items.count, items[left] < items[smallest] { smallest = left }
+            if right < items.count, items[right] < items[smallest] { smallest = right }
+            guard smallest != parent else { break }
+            items.swapAt(parent, smallest)
+            parent = smallest
+        }
+        return top
     }
 }
 

@@ -147,12 +147,12 @@ struct AddedTokenMatcher: Sendable {
     func segments(of text: String) -> [Segment] {
         guard !byFirstScalar.isEmpty else { return text.isEmpty ? [] : [.text(text[...], atStart: true)] }
         let scalars = Array(text.unicodeScalars)
+        // String indices of every scalar position, so cutting a piece is O(1).
+        var indices = Array(text.unicodeScalars.indices)
+        indices.append(text.endIndex)
         var segments: [Segment] = []
         var textStart = 0, i = 0
-        let view = text.unicodeScalars
-        func piece(_ a: Int, _ b: Int) -> Substring {
-            Substring(view[view.index(view.startIndex, offsetBy: a)..<view.index(view.startIndex, offsetBy: b)])
-        }
+        func piece(_ a: Int, _ b: Int) -> Substring { text[indices[a]..<indices[b]] }
         while i < scalars.count {
             guard let candidates = byFirstScalar[scalars[i].value],
                   let token = candidates.first(where: { matches($0, scalars, at: i) }) else {

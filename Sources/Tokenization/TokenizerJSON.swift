@@ -11,6 +11,17 @@ extension Tokenizer {
         try self.init(tokenizerJSON: root, config: config, path: path)
     }
 
+    /// Builds a tokenizer from the bytes of a tokenizer.json (and optionally a
+    /// tokenizer_config.json); `name` stands for the file in errors.
+    public convenience init(tokenizerJSON: UnsafeRawBufferPointer, config: UnsafeRawBufferPointer? = nil, name: String) throws {
+        func parse(_ bytes: UnsafeRawBufferPointer) throws -> StrictJSON {
+            do { return try StrictJSON.parse(bytes) } catch {
+                throw TokenizerError.unreadable(path: name, reason: "invalid JSON: \(error)")
+            }
+        }
+        try self.init(tokenizerJSON: try parse(tokenizerJSON), config: try config.map(parse) ?? .object([]), path: name)
+    }
+
     static func readJSON(_ path: String) throws -> StrictJSON {
         let file: MappedFile
         do { file = try MappedFile(path: path) } catch {

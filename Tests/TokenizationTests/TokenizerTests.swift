@@ -104,3 +104,24 @@ let ggufTokenizers: [String: Tokenizer] = {
         #expect(try tokenizer.decode(c.ids) == c.decoded)
     }
 }
+
+@Suite struct BytePairEncoderTests {
+    /// The heap used for long words merges exactly like the plain scan.
+    @Test(arguments: ["byte-level", "sentencepiece"])
+    func heapMergeEqualsScanMerge(kind: String) throws {
+        let model = try #require(tokenizers[kind]).model
+        let alphabet = Array(model.scalarIDs.values).sorted()
+        var generator = SystemRandomNumberGenerator()
+        for length in [17, 40, 200, 1000] {
+            for _ in 0..<20 {
+                // Words built from a few frequent symbols merge a lot.
+                let pool = (0..<4).map { _ in alphabet.randomElement(using: &generator)! }
+                let word = (0..<length).map { _ in pool.randomElement(using: &generator)! }
+                var scanned = word, heaped = word
+                model.encoder.scanMerge(&scanned)
+                model.encoder.heapMerge(&heaped)
+                #expect(scanned == heaped, "length \(length)")
+            }
+        }
+    }
+}

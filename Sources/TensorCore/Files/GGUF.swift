@@ -107,7 +107,12 @@ public struct GGUFFile: Sendable {
 
     /// Maps and validates `path`.
     public init(path: String) throws {
-        let file = try MappedFile(path: path)
+        try self.init(file: MappedFile(path: path))
+    }
+
+    /// Validates an already mapped (or copied) file.
+    public init(file: MappedFile) throws {
+        let path = file.path
         var reader = Reader(bytes: file.bytes, path: path)
         guard try reader.u32() == 0x4655_4747 else {  // "GGUF" little-endian
             throw ModelFileError.invalidHeader(path: path, detail: "not a GGUF file (bad magic)")

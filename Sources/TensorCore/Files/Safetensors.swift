@@ -34,7 +34,12 @@ public struct SafetensorsFile: Sendable {
 
     /// Maps and validates `path`.
     public init(path: String) throws {
-        let file = try MappedFile(path: path)
+        try self.init(file: MappedFile(path: path))
+    }
+
+    /// Validates an already mapped (or copied) file.
+    public init(file: MappedFile) throws {
+        let path = file.path
         guard file.byteCount >= 8, let base = file.baseAddress else {
             throw ModelFileError.truncated(path: path, detail: "\(file.byteCount) bytes, no room for the 8-byte header length")
         }
