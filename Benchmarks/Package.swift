@@ -18,6 +18,7 @@ let package = Package(
             ],
             linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]
         ),
+        .executableTarget(name: "files-bench", dependencies: [.product(name: "Quill", package: "Quill")]),
     ],
     swiftLanguageModes: [.v6]
 )
