@@ -37,6 +37,7 @@ public final class FloatBuffer {
         guard values.count == rows * columns else {
             throw TensorError.shapeMismatch(operation: "FloatBuffer", detail: "\(values.count) values for \(rows) × \(columns)")
         }
+        guard !values.isEmpty else { return }
         values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 

@@ -141,6 +141,7 @@ public enum Kernels {
     /// RMSNorm of each of the first `rows` rows: (x · rsqrt(mean(x²) + eps)) · weight.
     public static func rmsNorm(_ input: FloatBuffer, weight: [Float], epsilon: Float, rows: Int, output: FloatBuffer) throws {
         try check("rmsNorm", [input, output], rows: rows, columns: weight.count)
+        guard !weight.isEmpty else { return }
         weight.withUnsafeBufferPointer { w in
             for i in 0..<rows {
                 quill_rmsnorm(input.row(i), w.baseAddress!, output.row(i), Int64(weight.count), epsilon)

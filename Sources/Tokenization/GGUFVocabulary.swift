@@ -67,7 +67,11 @@ extension Tokenizer {
             guard let scoreValues = gguf["tokenizer.ggml.scores"]?.array, scoreValues.count == tokens.count else {
                 throw invalid("tokenizer.ggml.scores missing or of the wrong length")
             }
-            let scores = scoreValues.map { $0.number ?? -.infinity }
+            // NaN would never find its own rank (NaN != NaN): non-finite scores rank last.
+            let scores = scoreValues.map { value -> Double in
+                guard let score = value.number, score.isFinite else { return -.infinity }
+                return score
+            }
             // Rank = position among distinct scores, highest first: a pair merges when the
             // token it forms has the best score; equal scores merge leftmost first.
             let distinct = Array(Set(scores)).sorted(by: >)
@@ -78,7 +82,7 @@ extension Tokenizer {
                 for cut in 1..<characters.count {
                     guard let a = vocabulary[String(characters[..<cut])], let b = vocabulary[String(characters[cut...])] else { continue }
                     let key = BytePairEncoder.key(a, b)
-                    let merge = BytePairEncoder.Merge(rank: rankOf[scores[id]]!, result: Int32(id))
+                    let merge = BytePairEncoder.Merge(rank: rankOf[scores[id]] ?? Int32.max, result: Int32(id))
                     if let existing = merges[key], existing.rank <= merge.rank { continue }
                     merges[key] = merge
                 }

@@ -76,6 +76,15 @@ import Testing
         #expect(throws: TensorError.self) { try Kernels.add(x, y, rows: 2, output: out) }
     }
 
+    @Test func emptyShapesDoNotTrap() throws {
+        let empty = try FloatBuffer(rows: 0, columns: 4, values: [])
+        let none = try FloatBuffer(rows: 2, columns: 0, values: [])
+        try Kernels.rmsNorm(none, weight: [], epsilon: 1e-5, rows: 2, output: none)
+        try Kernels.softmax(none, rows: 2)
+        try Kernels.add(empty, empty, rows: 0, output: empty)
+        #expect(empty.values().isEmpty && none.values().isEmpty)
+    }
+
     @Test func argmaxAndTopK() {
         var values = randomFloats(5000, seed: 21)
         values[1234] = 5
