@@ -33,13 +33,14 @@ let package = Package(
             linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]
         ),
         // The layers, dependencies pointing one way: TensorCore ← Attention ← Models ← Decoding.
-        .target(name: "Attention", dependencies: ["TensorCore"]),
+        .target(name: "Attention", dependencies: ["TensorCore", "CQuillKernels"]),
         .target(name: "Tokenization", dependencies: ["TensorCore"]),
         .target(name: "Models", dependencies: ["Attention", "Tokenization"]),
         .target(name: "Decoding", dependencies: ["Models"]),
         .target(name: "Quill", dependencies: ["Decoding"]),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models"], exclude: ["Fixtures"]),
+        .testTarget(name: "AttentionTests", dependencies: ["Attention"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore"]),
     ],
     swiftLanguageModes: [.v6]

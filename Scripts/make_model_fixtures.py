@@ -720,17 +720,26 @@ def check_mixtral_checkpoint(folder, model):
     config = model.config
     torch.manual_seed(5)
     x = torch.randn(7, config.hidden_size)
-    probabilities = torch.softmax(x @ weights[prefix + "gate.weight"].T, dim=-1)
-    top_weights, top_experts = probabilities.topk(config.num_experts_per_tok, dim=-1)
-    top_weights = top_weights / top_weights.sum(-1, keepdim=True)
-    expected = torch.zeros_like(x)
-    for row in range(x.shape[0]):
-        for weight, expert in zip(top_weights[row], top_experts[row].tolist()):
-            w1, w2, w3 = (weights[f"{prefix}experts.{expert}.{n}.weight"] for n in ("w1", "w2", "w3"))
-            expected[row] += weight * (w2 @ (torch.nn.functional.silu(w1 @ x[row]) * (w3 @ x[row])))
+    gate, down, up = (torch.stack([weights[f"{prefix}experts.{expert}.{n}.weight"]
+                                   for expert in range(config.num_local_experts)]) for n in ("w1", "w2", "w3"))
+    expected = moe_block(x, weights[prefix + "gate.weight"], gate, up, down, config.num_experts_per_tok)
     actual = model.model.layers[0].mlp(x[None])
     actual = actual[0] if isinstance(actual, tuple) else actual
     assert torch.allclose(actual[0], expected, atol=1e-5), (actual[0] - expected).abs().max()
+
+
+def moe_block(x, router, gate_exps, up_exps, down_exps, top_k):
+    """Mixtral's sparse MoE block on x (tokens, hidden), written out: softmax router, top-k experts, weights
+    renormalized over the top k; expert e computes down[e] @ (silu(gate[e] @ x) * (up[e] @ x))."""
+    probabilities = torch.softmax(x @ router.T, dim=-1)
+    top_weights, top_experts = probabilities.topk(top_k, dim=-1)
+    top_weights = top_weights / top_weights.sum(-1, keepdim=True)
+    out = torch.zeros_like(x)
+    for row in range(x.shape[0]):
+        for weight, expert in zip(top_weights[row], top_experts[row].tolist()):
+            hidden = torch.nn.functional.silu(gate_exps[expert] @ x[row]) * (up_exps[expert] @ x[row])
+            out[row] += weight * (down_exps[expert] @ hidden)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -812,18 +821,22 @@ def check_model_gguf(path, arch, model, tensors, vocab):
     assert field_value(reader, f"{arch}.attention.head_count_kv") == config.num_key_value_heads
     assert reader.get_field("general.alignment") is None  # default alignment, 32
     check_vocabulary(reader, vocab, "gpt2")
-    assert len(reader.tensors) == len(tensors)
-    expected = dict(tensors)
-    for tensor in reader.tensors:
-        array = expected[tensor.name]
-        assert tensor.tensor_type == gguf.GGMLQuantizationType.F32
-        assert list(tensor.shape) == list(reversed(array.shape)), tensor.name  # ggml order on disk
-        assert tensor.data.shape == array.shape and np.array_equal(tensor.data, array), tensor.name
-        assert tensor.data_offset % 32 == 0
+    check_gguf_tensors(reader, tensors)
     q = dict((t.name, t.data) for t in reader.tensors)["blk.0.attn_q.weight"]
     original = model.state_dict()["model.layers.0.self_attn.q_proj.weight"].numpy()
     assert np.array_equal(q, original) == (arch != "llama")
     check_with_transformers_gguf_loader(path, model)
+
+
+def check_gguf_tensors(reader, tensors):
+    """The file holds exactly these (name, PyTorch-order array) tensors, in this order, as F32: dims
+    reversed on disk (ggml order), data unchanged, each at a 32-byte aligned offset."""
+    assert [tensor.name for tensor in reader.tensors] == [name for name, _ in tensors]
+    for tensor, (name, array) in zip(reader.tensors, tensors):
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.F32
+        assert list(tensor.shape) == list(reversed(array.shape)), tensor.name  # ggml order on disk
+        assert tensor.data.shape == array.shape and np.array_equal(tensor.data, array), tensor.name
+        assert tensor.data_offset % 32 == 0
 
 
 def check_with_transformers_gguf_loader(path, model):
@@ -873,6 +886,273 @@ def check_permutation():
 
 
 # ----------------------------------------------------------------------------------------------
+# 7. GGUF F32 exports of the MoE and Mamba models, from their saved model.safetensors
+
+MAMBA_CONTEXT_LENGTH = 256  # Mamba has no context limit; llama.cpp's converter writes an arbitrary value
+
+T = gguf.MODEL_TENSOR
+
+# Mixtral's three expert weights, stacked over experts into one tensor each:
+# (GGUF tensor, name of the per-expert weight in the checkpoint)
+MIXTRAL_EXPERT_TENSORS = ((T.FFN_GATE_EXP, "w1"), (T.FFN_UP_EXP, "w3"), (T.FFN_DOWN_EXP, "w2"))
+
+# (GGUF tensor, suffix, checkpoint name under backbone.layers.N.) for each Mamba layer. llama.cpp names
+# A and D without a ".weight" suffix: its converter maps mixer.A_log and mixer.D, which have none.
+MAMBA_LAYER_TENSORS = (
+    (T.ATTN_NORM, ".weight", "norm.weight"),
+    (T.SSM_IN, ".weight", "mixer.in_proj.weight"),
+    (T.SSM_CONV1D, ".weight", "mixer.conv1d.weight"),
+    (T.SSM_CONV1D, ".bias", "mixer.conv1d.bias"),
+    (T.SSM_X, ".weight", "mixer.x_proj.weight"),
+    (T.SSM_DT, ".weight", "mixer.dt_proj.weight"),
+    (T.SSM_DT, ".bias", "mixer.dt_proj.bias"),
+    (T.SSM_A, "", "mixer.A_log"),
+    (T.SSM_D, "", "mixer.D"),
+    (T.SSM_OUT, ".weight", "mixer.out_proj.weight"),
+)
+
+
+def tensor_name(kind, layer=None, suffix=".weight"):
+    """A llama.cpp tensor name from gguf's constants: (MODEL_TENSOR.SSM_A, 0, "") -> "blk.0.ssm_a"."""
+    return gguf.TENSOR_NAMES[kind].format(bid=layer) + suffix
+
+
+def arch_enum(arch):
+    return next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch)
+
+
+def check_tensor_names(arch, block_count, sources):
+    """Each (GGUF name, checkpoint name) pair is what gguf's TensorNameMap, the table llama.cpp's converter
+    renames tensors with, gives for the checkpoint name, and each name is one of the arch's MODEL_TENSORS."""
+    name_map = gguf.get_tensor_name_map(arch_enum(arch), block_count)
+    known = {gguf.TENSOR_NAMES[kind].format(bid=layer)
+             for kind in gguf.MODEL_TENSORS[arch_enum(arch)] for layer in range(block_count)}
+    for gguf_name, source in sources:
+        assert name_map.get_name(source, try_suffixes=(".weight", ".bias")) == gguf_name, (gguf_name, source)
+        assert gguf_name.removesuffix(".weight").removesuffix(".bias") in known, gguf_name
+
+
+def load_checkpoint(folder):
+    from safetensors.torch import load_file
+    return load_file(str(folder / "model.safetensors"))
+
+
+def as_f32_array(tensor):
+    return np.ascontiguousarray(tensor.detach().to(torch.float32).numpy(), dtype=np.float32)
+
+
+def mixtral_gguf_tensors(weights, config):
+    """([(GGUF name, array in PyTorch order)], [(GGUF name, checkpoint name)]) for a Mixtral checkpoint.
+    The per-expert w1/w3/w2 are stacked over experts (expert index first), as llama.cpp's converter merges
+    them; the stacks' checkpoint name is the one it gives the merged tensor (experts.w1.weight, ...)."""
+    used = set()
+
+    def take(name):
+        assert name not in used, name
+        used.add(name)
+        return weights[name]
+
+    tensors, sources = [], []
+
+    def add(gguf_name, array, source):
+        tensors.append((gguf_name, as_f32_array(array)))
+        sources.append((gguf_name, source))
+
+    add(tensor_name(T.TOKEN_EMBD), take("model.embed_tokens.weight"), "model.embed_tokens.weight")
+    for layer in range(config.num_hidden_layers):
+        prefix = f"model.layers.{layer}."
+        moe = prefix + "block_sparse_moe."
+        for kind, name in ((T.ATTN_NORM, "input_layernorm.weight"), (T.ATTN_Q, "self_attn.q_proj.weight"),
+                           (T.ATTN_K, "self_attn.k_proj.weight"), (T.ATTN_V, "self_attn.v_proj.weight"),
+                           (T.ATTN_OUT, "self_attn.o_proj.weight"),
+                           (T.FFN_NORM, "post_attention_layernorm.weight"),
+                           (T.FFN_GATE_INP, "block_sparse_moe.gate.weight")):
+            array = take(prefix + name).numpy()
+            if kind == T.ATTN_Q:
+                array = permute_for_adjacent_rope(array, config.num_attention_heads)
+            elif kind == T.ATTN_K:
+                array = permute_for_adjacent_rope(array, config.num_key_value_heads)
+            add(tensor_name(kind, layer), torch.from_numpy(array.copy()), prefix + name)
+        for kind, weight in MIXTRAL_EXPERT_TENSORS:
+            stacked = torch.stack([take(f"{moe}experts.{expert}.{weight}.weight")
+                                   for expert in range(config.num_local_experts)])
+            add(tensor_name(kind, layer), stacked, f"{moe}experts.{weight}.weight")
+    add(tensor_name(T.OUTPUT_NORM), take("model.norm.weight"), "model.norm.weight")
+    add(tensor_name(T.OUTPUT), take("lm_head.weight"), "lm_head.weight")
+    assert used == set(weights), set(weights) - used
+    return tensors, sources
+
+
+def export_mixtral_gguf(model, folder, path, vocab):
+    config = model.config
+    tensors, sources = mixtral_gguf_tensors(load_checkpoint(folder), config)
+    check_tensor_names("llama", config.num_hidden_layers, sources)
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_name(f"quill-fixture-{folder.name}")
+    add_model_metadata(writer, config)
+    writer.add_expert_count(config.num_local_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    add_vocabulary(writer, vocab, "gpt2")
+    for name, array in tensors:
+        writer.add_tensor(name, array)
+    finish_gguf(writer)
+    check_mixtral_gguf(path, model, tensors, sources, vocab)
+    print("wrote", path.relative_to(ROOT))
+
+
+@torch.no_grad()
+def check_mixtral_gguf(path, model, tensors, sources, vocab):
+    reader = gguf.GGUFReader(str(path))
+    config = model.config
+    assert field_value(reader, "general.architecture") == "llama"
+    assert field_value(reader, "llama.block_count") == config.num_hidden_layers
+    assert field_value(reader, "llama.attention.head_count_kv") == config.num_key_value_heads
+    assert field_value(reader, "llama.feed_forward_length") == config.intermediate_size
+    assert field_value(reader, "llama.expert_count") == config.num_local_experts == 4
+    assert field_value(reader, "llama.expert_used_count") == config.num_experts_per_tok == 2
+    check_vocabulary(reader, vocab, "gpt2")
+    check_gguf_tensors(reader, tensors)
+    read = {tensor.name: torch.from_numpy(np.array(tensor.data)) for tensor in reader.tensors}
+    for layer in range(config.num_hidden_layers):
+        # The stacked experts and the router, as read back, reproduce the model's MoE block.
+        x = torch.randn(7, config.hidden_size, generator=torch.Generator().manual_seed(5 + layer))
+        expected = moe_block(x, read[tensor_name(T.FFN_GATE_INP, layer)], read[tensor_name(T.FFN_GATE_EXP, layer)],
+                             read[tensor_name(T.FFN_UP_EXP, layer)], read[tensor_name(T.FFN_DOWN_EXP, layer)],
+                             config.num_experts_per_tok)
+        actual = model.model.layers[layer].mlp(x[None])
+        actual = actual[0] if isinstance(actual, tuple) else actual
+        assert torch.allclose(actual[0], expected, atol=1e-5), (actual[0] - expected).abs().max()
+    check_mixtral_with_transformers(path, model, read, sources)
+
+
+def check_mixtral_with_transformers(path, model, read, sources):
+    """transformers' GGUF importer cannot load this file into a Mixtral model: its name table has no
+    "mixtral" model type (load_gguf_checkpoint(model_to_load=<Mixtral>) raises NotImplementedError), and
+    it reads arch "llama" as a dense Llama config, mapping no llama.expert_* key. What it can do is
+    checked: the config it parses, and its LlamaTensorProcessor undoing the q/k permutation, after which
+    every tensor but the stacked experts (checked above through moe_block) equals the model's own."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor, load_gguf_checkpoint
+    config = model.config
+    parsed = load_gguf_checkpoint(str(path))["config"]
+    for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "vocab_size"):
+        assert parsed[key] == getattr(config, key), key
+    assert parsed["model_type"] == "llama" and parsed["tie_word_embeddings"] is False
+    processor = LlamaTensorProcessor(config=parsed)
+    state = model.state_dict()
+    for gguf_name, source in sources:
+        if ".experts." in source:
+            continue
+        restored = processor.process(weights=read[gguf_name].numpy(), name=gguf_name).weights
+        original = state[source.replace(".block_sparse_moe.", ".mlp.")]  # the router is mlp.gate in memory
+        assert torch.equal(torch.from_numpy(np.array(restored)), original), gguf_name
+
+
+def mamba_gguf_tensors(weights, config):
+    """([(GGUF name, array in PyTorch order)], [(GGUF name, checkpoint name)]) for a Mamba checkpoint:
+    conv1d.weight (inner, 1, kernel) is stored as (inner, kernel), A as -exp(A_log), the rest unchanged.
+    The embeddings are tied, so there is no output.weight."""
+    used = set()
+    tensors, sources = [], []
+
+    def add(gguf_name, source, transform=lambda tensor: tensor):
+        assert source not in used, source
+        used.add(source)
+        tensors.append((gguf_name, as_f32_array(transform(weights[source]))))
+        sources.append((gguf_name, source))
+
+    def squeeze_conv(weight):
+        assert weight.shape == (config.intermediate_size, 1, config.conv_kernel), weight.shape
+        return weight.reshape(config.intermediate_size, config.conv_kernel)
+
+    transforms = {T.SSM_A: lambda a_log: -torch.exp(a_log), T.SSM_CONV1D: squeeze_conv}
+    add(tensor_name(T.TOKEN_EMBD), "backbone.embeddings.weight")
+    for layer in range(config.num_hidden_layers):
+        for kind, suffix, name in MAMBA_LAYER_TENSORS:
+            transform = transforms.get(kind) if suffix != ".bias" else None
+            add(tensor_name(kind, layer, suffix), f"backbone.layers.{layer}.{name}", transform or (lambda t: t))
+    add(tensor_name(T.OUTPUT_NORM), "backbone.norm_f.weight")
+    assert used == set(weights), set(weights) - used
+    return tensors, sources
+
+
+def export_mamba_gguf(model, folder, path, vocab):
+    config = model.config
+    assert config.tie_word_embeddings
+    tensors, sources = mamba_gguf_tensors(load_checkpoint(folder), config)
+    check_tensor_names("mamba", config.num_hidden_layers, sources)
+    writer = gguf.GGUFWriter(str(path), arch="mamba")
+    writer.add_name(f"quill-fixture-{folder.name}")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_context_length(MAMBA_CONTEXT_LENGTH)
+    writer.add_embedding_length(config.hidden_size)
+    # llama.cpp's converter also writes these two; Mamba has no feed-forward or attention heads.
+    writer.add_feed_forward_length(0)
+    writer.add_head_count(0)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_ssm_conv_kernel(config.conv_kernel)
+    writer.add_ssm_inner_size(config.intermediate_size)
+    writer.add_ssm_state_size(config.state_size)
+    writer.add_ssm_time_step_rank(config.time_step_rank)
+    writer.add_layer_norm_rms_eps(config.layer_norm_epsilon)
+    writer.add_ssm_dt_b_c_rms(False)  # plain Mamba: no RMS norm on dt, B, C (Falcon-Mamba has one)
+    add_vocabulary(writer, vocab, "gpt2")
+    for name, array in tensors:
+        writer.add_tensor(name, array)
+    finish_gguf(writer)
+    check_mamba_gguf(path, model, tensors, vocab)
+    print("wrote", path.relative_to(ROOT))
+
+
+def check_mamba_gguf(path, model, tensors, vocab):
+    reader = gguf.GGUFReader(str(path))
+    config = model.config
+    expected_fields = {"general.architecture": "mamba", "mamba.context_length": MAMBA_CONTEXT_LENGTH,
+                       "mamba.embedding_length": 32, "mamba.block_count": 2, "mamba.ssm.conv_kernel": 4,
+                       "mamba.ssm.inner_size": 64, "mamba.ssm.state_size": 8, "mamba.ssm.time_step_rank": 2,
+                       "mamba.feed_forward_length": 0, "mamba.attention.head_count": 0,
+                       "mamba.ssm.dt_b_c_rms": False}
+    for key, value in expected_fields.items():
+        assert field_value(reader, key) == value, (key, field_value(reader, key))
+    assert (config.hidden_size, config.num_hidden_layers, config.conv_kernel, config.intermediate_size,
+            config.state_size, config.time_step_rank) == (32, 2, 4, 64, 8, 2)
+    eps = field_value(reader, "mamba.attention.layer_norm_rms_epsilon")
+    assert eps == np.float32(config.layer_norm_epsilon) == np.float32(1e-5)
+    check_vocabulary(reader, vocab, "gpt2")
+    check_gguf_tensors(reader, tensors)
+    read = {tensor.name: np.array(tensor.data) for tensor in reader.tensors}
+    assert "output.weight" not in read
+    state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
+    a_log = state["backbone.layers.0.mixer.A_log"]
+    assert np.array_equal(read["blk.0.ssm_a"], -np.exp(a_log)) and (read["blk.0.ssm_a"] < 0).all()
+    assert np.array_equal(read["blk.1.ssm_conv1d.weight"], state["backbone.layers.1.mixer.conv1d.weight"][:, 0, :])
+    assert np.array_equal(read["blk.1.ssm_d"], state["backbone.layers.1.mixer.D"])
+    check_mamba_with_transformers(path, model)
+
+
+def check_mamba_with_transformers(path, model):
+    """transformers' GGUF importer (arch "mamba") gives back every weight: exactly, except A_log, which
+    it recovers as log(-ssm_a) = log(exp(A_log)), within float32 rounding. lm_head is tied, so absent."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    parsed = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
+    config = model.config
+    for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "state_size", "conv_kernel",
+                "time_step_rank", "vocab_size"):
+        assert parsed["config"][key] == getattr(config, key), key
+    assert parsed["config"]["model_type"] == "mamba" and parsed["config"]["tie_word_embeddings"] is True
+    loaded = parsed["tensors"]
+    expected = {name: tensor for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
+    assert set(loaded) == set(expected), set(loaded) ^ set(expected)
+    for name, tensor in expected.items():
+        actual = torch.as_tensor(loaded[name])
+        assert actual.shape == tensor.shape, name
+        if name.endswith("A_log"):
+            assert torch.allclose(actual, tensor, rtol=0, atol=1e-6), (actual - tensor).abs().max()
+        else:
+            assert torch.equal(actual, tensor), name
+
+
+# ----------------------------------------------------------------------------------------------
 
 def main():
     transformers.utils.logging.disable_progress_bar()
@@ -906,6 +1186,8 @@ def main():
     vocab = vocabulary(byte_level_dir)
     export_gguf(built["llama-gqa"], "llama", MODELS_DIR / "llama-gqa.f32.gguf", vocab)
     export_gguf(built["qwen2-bias"], "qwen2", MODELS_DIR / "qwen2-bias.f32.gguf", vocab)
+    export_mixtral_gguf(built["mixtral-moe"], MODELS_DIR / "mixtral-moe", MODELS_DIR / "mixtral-moe.f32.gguf", vocab)
+    export_mamba_gguf(built["mamba"], MODELS_DIR / "mamba", MODELS_DIR / "mamba.f32.gguf", vocab)
 
 
 if __name__ == "__main__":

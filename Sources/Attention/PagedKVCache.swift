@@ -1,0 +1,391 @@
+@_exported import TensorCore
+import CQuillKernels
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Why a KV cache operation failed. The scheduler acts on `outOfBlocks` (preempt a
+/// sequence and retry); the others are programming or input errors.
+public enum KVCacheError: Error, Equatable, CustomStringConvertible {
+    /// The pool has no free or evictable block left; nothing was changed.
+    case outOfBlocks(needed: Int, available: Int)
+    /// The memory budget cannot hold a single block.
+    case budgetTooSmall(budget: Int, blockBytes: Int)
+    case invalidConfiguration(String)
+    case unknownSequence(Int)
+    case positionOutOfRange(sequence: Int, position: Int, length: Int)
+
+    public var description: String {
+        switch self {
+        case let .outOfBlocks(needed, available): return "KV cache full: \(needed) blocks needed, \(available) available"
+        case let .budgetTooSmall(budget, blockBytes): return "KV budget of \(budget) bytes is smaller than one block (\(blockBytes) bytes)"
+        case let .invalidConfiguration(detail): return "KV cache: \(detail)"
+        case let .unknownSequence(id): return "KV cache: no sequence \(id)"
+        case let .positionOutOfRange(sequence, position, length): return "KV cache: position \(position) outside sequence \(sequence) of length \(length)"
+        }
+    }
+}
+
+/// The shape of a KV cache.
+public struct KVCacheConfiguration: Sendable, Equatable {
+    public var layers: Int
+    public var keyValueHeads: Int
+    public var headDimension: Int
+    /// Tokens per block (vLLM's default, 16).
+    public var blockSize: Int
+    /// F32 or F16 (the default: half the memory, accumulation stays in F32).
+    public var elementType: ElementType
+    /// Bytes the pool may use; the pool holds as many whole blocks as fit.
+    public var memoryBudget: Int
+
+    public init(layers: Int, keyValueHeads: Int, headDimension: Int, blockSize: Int = 16,
+                elementType: ElementType = .f16, memoryBudget: Int) {
+        self.layers = layers
+        self.keyValueHeads = keyValueHeads
+        self.headDimension = headDimension
+        self.blockSize = blockSize
+        self.elementType = elementType
+        self.memoryBudget = memoryBudget
+    }
+
+    /// Bytes of one (layer, K or V, head) run of `blockSize` tokens.
+    public var runBytes: Int { blockSize * headDimension * elementType.blockBytes }
+    /// Bytes of one block: every layer's keys and values for `blockSize` tokens.
+    public var blockBytes: Int { layers * 2 * keyValueHeads * runBytes }
+}
+
+/// A sequence's handle in a `PagedKVCache`.
+public struct SequenceID: Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: Int
+    public var description: String { "sequence \(rawValue)" }
+}
+
+/// Keys and values of many sequences in one pool of fixed-size blocks, the way vLLM's
+/// PagedAttention keeps them: per-sequence block tables, reference-counted blocks shared
+/// copy-on-write between forks, and a prefix cache that lets a new sequence reuse the
+/// full blocks of any earlier one that began with the same tokens.
+///
+/// Not thread-safe: one scheduler owns it. Memory is allocated once, from the budget.
+public final class PagedKVCache {
+    public let configuration: KVCacheConfiguration
+    /// Blocks in the pool.
+    public let blockCount: Int
+    /// The pool: blockCount × blockBytes, 64-byte aligned.
+    public let storage: UnsafeMutableRawPointer
+
+    struct Block {
+        var referenceCount = 0
+        /// The prefix hash of this block when it is full and registered for reuse.
+        var hash: UInt64?
+        /// Its tokens, compared on every prefix-cache hit (a hash collision must not
+        /// return someone else's keys).
+        var tokens: [Int] = []
+        var lastUse: UInt64 = 0
+    }
+
+    struct Sequence {
+        var blocks: [Int] = []
+        var length = 0
+        /// Tokens written so far (for hashing full blocks).
+        var tokens: [Int] = []
+    }
+
+    var blocks: [Block]
+    var freeList: [Int]
+    /// Unreferenced blocks still in the prefix cache, evicted least recently used first.
+    var evictable: Set<Int> = []
+    var prefixCache: [UInt64: Int] = [:]
+    var sequences: [Int: Sequence] = [:]
+    private var nextSequence = 0
+    private var clock: UInt64 = 0
+
+    public init(configuration c: KVCacheConfiguration) throws {
+        guard c.layers > 0, c.keyValueHeads > 0, c.headDimension > 0, c.blockSize > 0 else {
+            throw KVCacheError.invalidConfiguration("layers, heads, head dimension and block size must be positive")
+        }
+        guard c.elementType == .f32 || c.elementType == .f16 else {
+            throw KVCacheError.invalidConfiguration("element type \(c.elementType) (F32 or F16)")
+        }
+        let (product, overflow) = c.layers.multipliedReportingOverflow(by: 2 * c.keyValueHeads * c.blockSize * c.headDimension * c.elementType.blockBytes)
+        guard !overflow, product > 0 else { throw KVCacheError.invalidConfiguration("block size overflows") }
+        guard c.memoryBudget >= c.blockBytes else { throw KVCacheError.budgetTooSmall(budget: c.memoryBudget, blockBytes: c.blockBytes) }
+        configuration = c
+        blockCount = c.memoryBudget / c.blockBytes
+        var raw: UnsafeMutableRawPointer?
+        guard posix_memalign(&raw, 64, blockCount * c.blockBytes) == 0, let raw else {
+            throw KVCacheError.invalidConfiguration("cannot allocate \(blockCount * c.blockBytes) bytes")
+        }
+        storage = raw
+        blocks = Array(repeating: Block(), count: blockCount)
+        freeList = Array((0..<blockCount).reversed())
+    }
+
+    deinit { free(storage) }
+
+    // MARK: - Inspection
+
+    /// Blocks neither referenced nor cached.
+    public var freeBlockCount: Int { freeList.count }
+    /// Blocks that can be handed out now (free, or cached and unreferenced).
+    public var availableBlockCount: Int { freeList.count + evictable.count }
+    /// Tokens stored for `sequence`.
+    public func length(of sequence: SequenceID) throws -> Int { try state(sequence).length }
+    /// The block table of `sequence`.
+    public func blockTable(of sequence: SequenceID) throws -> [Int] { try state(sequence).blocks }
+
+    /// Where layer `layer`'s keys (or values) of `head` start inside block `block`:
+    /// blockSize rows of headDimension elements.
+    public func run(block: Int, layer: Int, head: Int, values: Bool) -> UnsafeMutableRawPointer {
+        let c = configuration
+        return storage + block * c.blockBytes + ((layer * 2 + (values ? 1 : 0)) * c.keyValueHeads + head) * c.runBytes
+    }
+
+    func state(_ sequence: SequenceID) throws -> Sequence {
+        guard let state = sequences[sequence.rawValue] else { throw KVCacheError.unknownSequence(sequence.rawValue) }
+        return state
+    }
+
+    // MARK: - Sequences
+
+    /// A new, empty sequence.
+    public func makeSequence() -> SequenceID {
+        defer { nextSequence += 1 }
+        sequences[nextSequence] = Sequence()
+        return SequenceID(rawValue: nextSequence)
+    }
+
+    /// A new sequence starting with the longest cached prefix of `tokens` (whole blocks;
+    /// at most tokens.count - 1 tokens, so the last token is always computed and yields
+    /// logits). Returns the sequence and how many tokens it already holds.
+    public func makeSequence(reusingPrefixOf tokens: [Int]) -> (SequenceID, reusedTokens: Int) {
+        let sequence = makeSequence()
+        let size = configuration.blockSize
+        var parent: UInt64 = 0
+        var state = Sequence()
+        var index = 0
+        while (index + 1) * size <= tokens.count - 1 {
+            let chunk = Array(tokens[index * size..<(index + 1) * size])
+            let hash = Self.hash(parent: parent, tokens: chunk)
+            guard let block = prefixCache[hash], blocks[block].tokens == chunk else { break }
+            retain(block)
+            state.blocks.append(block)
+            state.tokens += chunk
+            parent = hash
+            index += 1
+        }
+        state.length = state.tokens.count
+        sequences[sequence.rawValue] = state
+        return (sequence, state.length)
+    }
+
+    /// Makes room for `count` more tokens (allocating blocks, copying a shared last block
+    /// before it is written). Throws `outOfBlocks` and changes nothing when the pool cannot.
+    public func reserve(_ sequence: SequenceID, tokens count: Int) throws {
+        var state = try self.state(sequence)
+        guard count > 0 else { return }
+        let size = configuration.blockSize
+        let needed = (state.length + count + size - 1) / size - state.blocks.count
+        let lastIsShared = state.length % size != 0 && !isPrivate(state.blocks[state.blocks.count - 1])
+        let total = max(needed, 0) + (lastIsShared ? 1 : 0)
+        guard total <= availableBlockCount else { throw KVCacheError.outOfBlocks(needed: total, available: availableBlockCount) }
+        if lastIsShared {
+            let shared = state.blocks[state.blocks.count - 1]
+            let copy = takeBlock()
+            storage.advanced(by: copy * configuration.blockBytes)
+                .copyMemory(from: storage.advanced(by: shared * configuration.blockBytes), byteCount: configuration.blockBytes)
+            release(block: shared)
+            state.blocks[state.blocks.count - 1] = copy
+        }
+        for _ in 0..<max(needed, 0) { state.blocks.append(takeBlock()) }
+        sequences[sequence.rawValue] = state
+    }
+
+    /// Records that `tokens` were written at the end of `sequence` (after `reserve` and the
+    /// attention layers' writes); full blocks enter the prefix cache.
+    public func append(_ sequence: SequenceID, tokens: [Int]) throws {
+        var state = try self.state(sequence)
+        let size = configuration.blockSize
+        guard state.length + tokens.count <= state.blocks.count * size else {
+            throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: state.length + tokens.count,
+                                                  length: state.blocks.count * size)
+        }
+        let firstNewBlock = state.length / size
+        state.tokens += tokens
+        state.length += tokens.count
+        var parent: UInt64 = firstNewBlock == 0 ? 0 : blocks[state.blocks[firstNewBlock - 1]].hash ?? Self.prefixHash(state.tokens, blocks: firstNewBlock, size: size)
+        for index in firstNewBlock..<(state.length / size) {
+            let chunk = Array(state.tokens[index * size..<(index + 1) * size])
+            let hash = Self.hash(parent: parent, tokens: chunk)
+            let block = state.blocks[index]
+            if prefixCache[hash] == nil, blocks[block].hash == nil {
+                prefixCache[hash] = block
+                blocks[block].hash = hash
+                blocks[block].tokens = chunk
+            }
+            parent = hash
+        }
+        sequences[sequence.rawValue] = state
+    }
+
+    /// A new sequence sharing all of `sequence`'s blocks (n > 1 samples from one prompt).
+    /// Nothing is copied until one of them writes into a shared block.
+    public func fork(_ sequence: SequenceID) throws -> SequenceID {
+        let state = try self.state(sequence)
+        for block in state.blocks { retain(block) }
+        let child = makeSequence()
+        sequences[child.rawValue] = state
+        return child
+    }
+
+    /// Keeps only the first `length` tokens (speculative decoding rolls back this way).
+    public func truncate(_ sequence: SequenceID, to length: Int) throws {
+        var state = try self.state(sequence)
+        guard length >= 0, length <= state.length else {
+            throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: length, length: state.length)
+        }
+        let keep = (length + configuration.blockSize - 1) / configuration.blockSize
+        for block in state.blocks[keep...] { release(block: block) }
+        state.blocks.removeLast(state.blocks.count - keep)
+        state.tokens.removeLast(state.length - length)
+        state.length = length
+        sequences[sequence.rawValue] = state
+    }
+
+    /// Ends `sequence`: its blocks return to the pool (full ones stay cached for reuse).
+    public func release(_ sequence: SequenceID) throws {
+        let state = try self.state(sequence)
+        for block in state.blocks { release(block: block) }
+        sequences[sequence.rawValue] = nil
+    }
+
+    // MARK: - Keys and values
+
+    /// Stores one token's keys and values (keyValueHeads × headDimension floats each) for
+    /// `layer` at `position`, converting to the pool's element type. The position must lie in
+    /// space `reserve` made; writing into a block another sequence or the prefix cache
+    /// holds throws instead of changing their data.
+    public func write(_ sequence: SequenceID, layer: Int, position: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>) throws {
+        let state = try self.state(sequence)
+        let size = configuration.blockSize
+        guard layer >= 0, layer < configuration.layers, position >= 0, position < state.blocks.count * size else {
+            throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: position, length: state.blocks.count * size)
+        }
+        let block = state.blocks[position / size]
+        guard isPrivate(block) else {
+            throw KVCacheError.invalidConfiguration("write into shared block \(block) of \(sequence) at position \(position)")
+        }
+        let d = configuration.headDimension, row = position % size
+        for head in 0..<configuration.keyValueHeads {
+            for (isValue, source) in [(false, keys), (true, values)] {
+                let target = run(block: block, layer: layer, head: head, values: isValue)
+                let from = source + head * d
+                if configuration.elementType == .f32 {
+                    (target + row * d * 4).copyMemory(from: from, byteCount: d * 4)
+                } else {
+                    quill_f32_to_f16(from, (target + row * d * 2).assumingMemoryBound(to: UInt16.self), Int64(d))
+                }
+            }
+        }
+    }
+
+    /// Keys (or values) of `head` in `layer` for every stored position, as floats
+    /// ([length][headDimension]); for tests and reference implementations.
+    public func read(_ sequence: SequenceID, layer: Int, head: Int, values: Bool) throws -> [Float] {
+        let state = try self.state(sequence)
+        let d = configuration.headDimension, size = configuration.blockSize
+        var result = [Float](repeating: 0, count: state.length * d)
+        for position in 0..<state.length {
+            let source = run(block: state.blocks[position / size], layer: layer, head: head, values: values)
+            result.withUnsafeMutableBufferPointer { out in
+                let target = out.baseAddress! + position * d
+                if configuration.elementType == .f32 {
+                    target.update(from: (source + (position % size) * d * 4).assumingMemoryBound(to: Float.self), count: d)
+                } else {
+                    quill_f16_to_f32((source + (position % size) * d * 2).assumingMemoryBound(to: UInt16.self), target, Int64(d))
+                }
+            }
+        }
+        return result
+    }
+
+    // MARK: - Blocks
+
+    /// A block only this sequence uses and the prefix cache does not hold (safe to write).
+    func isPrivate(_ block: Int) -> Bool { blocks[block].referenceCount == 1 && blocks[block].hash == nil }
+
+    private func retain(_ block: Int) {
+        if blocks[block].referenceCount == 0 { evictable.remove(block) }
+        blocks[block].referenceCount += 1
+        clock += 1
+        blocks[block].lastUse = clock
+    }
+
+    private func release(block: Int) {
+        blocks[block].referenceCount -= 1
+        precondition(blocks[block].referenceCount >= 0, "KV block \(block) released more often than retained")
+        guard blocks[block].referenceCount == 0 else { return }
+        if blocks[block].hash != nil { evictable.insert(block) } else { freeList.append(block) }
+    }
+
+    /// A free block, or the least recently used cached one (dropped from the cache).
+    /// Callers check availability first.
+    private func takeBlock() -> Int {
+        let block: Int
+        if let next = freeList.popLast() {
+            block = next
+        } else {
+            block = evictable.min { blocks[$0].lastUse < blocks[$1].lastUse }!
+            evictable.remove(block)
+            if let hash = blocks[block].hash { prefixCache[hash] = nil }
+            blocks[block].hash = nil
+            blocks[block].tokens = []
+        }
+        blocks[block].referenceCount = 1
+        clock += 1
+        blocks[block].lastUse = clock
+        return block
+    }
+
+    /// Violations of the pool's bookkeeping invariants (empty when consistent): every block
+    /// is free, evictable or referenced, never two of them; reference counts equal the
+    /// block-table entries that name each block; cache entries point at blocks holding that hash.
+    func invariantViolations() -> [String] {
+        var problems: [String] = []
+        var references = [Int](repeating: 0, count: blockCount)
+        for state in sequences.values { for block in state.blocks { references[block] += 1 } }
+        let freeSet = Set(freeList)
+        if freeSet.count != freeList.count { problems.append("a block is on the free list twice") }
+        for block in 0..<blockCount {
+            let b = blocks[block]
+            if b.referenceCount != references[block] { problems.append("block \(block): count \(b.referenceCount), referenced \(references[block]) times") }
+            let states = [freeSet.contains(block), evictable.contains(block), b.referenceCount > 0].filter { $0 }.count
+            if states != 1 { problems.append("block \(block) is in \(states) of free/evictable/referenced") }
+            if evictable.contains(block), b.hash == nil { problems.append("block \(block) evictable without a hash") }
+        }
+        for (hash, block) in prefixCache where blocks[block].hash != hash { problems.append("cache entry for block \(block) has a stale hash") }
+        for state in sequences.values where state.blocks.count * configuration.blockSize < state.length || state.tokens.count != state.length {
+            problems.append("a sequence's length \(state.length) exceeds its blocks or tokens")
+        }
+        return problems
+    }
+
+    /// FNV-1a over the parent hash and the block's tokens.
+    static func hash(parent: UInt64, tokens: [Int]) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        func mix(_ value: UInt64) {
+            var v = value
+            for _ in 0..<8 { h = (h ^ (v & 0xFF)) &* 0x100_0000_01B3; v >>= 8 }
+        }
+        mix(parent)
+        for token in tokens { mix(UInt64(bitPattern: Int64(token))) }
+        return h
+    }
+
+    static func prefixHash(_ tokens: [Int], blocks count: Int, size: Int) -> UInt64 {
+        var parent: UInt64 = 0
+        for index in 0..<count { parent = hash(parent: parent, tokens: Array(tokens[index * size..<(index + 1) * size])) }
+        return parent
+    }
+}

@@ -1,0 +1,221 @@
+import Testing
+@testable import Attention
+
+/// Deterministic values for (sequence tag, layer, position, head, element), distinct enough
+/// that any mix-up of blocks shows; exactly representable in F16.
+func kvValue(tag: Int, layer: Int, position: Int, head: Int, element: Int, isValue: Bool) -> Float {
+    Float((tag * 7 + layer * 5 + position * 3 + head * 11 + element + (isValue ? 13 : 0)) % 512) / 8
+}
+
+func writeTokens(_ cache: PagedKVCache, _ sequence: SequenceID, tag: Int, positions: Range<Int>) throws {
+    let c = cache.configuration
+    for position in positions {
+        for layer in 0..<c.layers {
+            var keys = [Float](repeating: 0, count: c.keyValueHeads * c.headDimension), values = keys
+            for head in 0..<c.keyValueHeads {
+                for e in 0..<c.headDimension {
+                    keys[head * c.headDimension + e] = kvValue(tag: tag, layer: layer, position: position, head: head, element: e, isValue: false)
+                    values[head * c.headDimension + e] = kvValue(tag: tag, layer: layer, position: position, head: head, element: e, isValue: true)
+                }
+            }
+            try cache.write(sequence, layer: layer, position: position, keys: keys, values: values)
+        }
+    }
+}
+
+/// The keys written for tag `tags[p]` at each position p.
+func expectContents(_ cache: PagedKVCache, _ sequence: SequenceID, tags: [Int], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let c = cache.configuration
+    for layer in 0..<c.layers {
+        for head in 0..<c.keyValueHeads {
+            let keys = try cache.read(sequence, layer: layer, head: head, values: false)
+            let values = try cache.read(sequence, layer: layer, head: head, values: true)
+            #expect(keys.count == tags.count * c.headDimension, sourceLocation: sourceLocation)
+            for (p, tag) in tags.enumerated() {
+                for e in 0..<c.headDimension {
+                    #expect(keys[p * c.headDimension + e] == kvValue(tag: tag, layer: layer, position: p, head: head, element: e, isValue: false),
+                            "layer \(layer) head \(head) position \(p)", sourceLocation: sourceLocation)
+                    #expect(values[p * c.headDimension + e] == kvValue(tag: tag, layer: layer, position: p, head: head, element: e, isValue: true),
+                            sourceLocation: sourceLocation)
+                }
+            }
+        }
+    }
+}
+
+@Suite struct PagedKVCacheTests {
+    static func cache(blocks: Int = 16, type: ElementType = .f16) throws -> PagedKVCache {
+        let shape = KVCacheConfiguration(layers: 2, keyValueHeads: 2, headDimension: 8, blockSize: 4, elementType: type, memoryBudget: 0)
+        return try PagedKVCache(configuration: KVCacheConfiguration(layers: 2, keyValueHeads: 2, headDimension: 8, blockSize: 4,
+                                                                    elementType: type, memoryBudget: blocks * shape.blockBytes + 100))
+    }
+
+    @Test(arguments: [ElementType.f32, .f16])
+    func writesAndReadsThroughTheBlockTable(type: ElementType) throws {
+        let cache = try Self.cache(type: type)
+        #expect(cache.blockCount == 16)
+        let s = cache.makeSequence()
+        try cache.reserve(s, tokens: 10)
+        #expect(try cache.blockTable(of: s).count == 3)
+        try writeTokens(cache, s, tag: 1, positions: 0..<10)
+        try cache.append(s, tokens: Array(100..<110))
+        try expectContents(cache, s, tags: Array(repeating: 1, count: 10))
+        #expect(cache.invariantViolations().isEmpty)
+        try cache.release(s)
+        #expect(cache.availableBlockCount == 16 && cache.invariantViolations().isEmpty)
+    }
+
+    @Test func exhaustionThrowsAndChangesNothing() throws {
+        let cache = try Self.cache(blocks: 3)
+        let a = cache.makeSequence()
+        try cache.reserve(a, tokens: 8)
+        try cache.append(a, tokens: Array(0..<8))
+        let table = try cache.blockTable(of: a)
+        #expect(throws: KVCacheError.outOfBlocks(needed: 2, available: 1)) { try cache.reserve(a, tokens: 5) }
+        #expect(try cache.blockTable(of: a) == table && cache.availableBlockCount == 1)
+        #expect(throws: KVCacheError.budgetTooSmall(budget: 10, blockBytes: 512)) {
+            try PagedKVCache(configuration: KVCacheConfiguration(layers: 2, keyValueHeads: 2, headDimension: 8, blockSize: 4, memoryBudget: 10))
+        }
+        #expect(throws: KVCacheError.unknownSequence(99)) { try cache.reserve(SequenceID(rawValue: 99), tokens: 1) }
+    }
+
+    @Test func forkSharesUntilAWriteThenCopies() throws {
+        let cache = try Self.cache()
+        let parent = cache.makeSequence()
+        try cache.reserve(parent, tokens: 6)
+        try writeTokens(cache, parent, tag: 1, positions: 0..<6)
+        try cache.append(parent, tokens: Array(0..<6))
+        let child = try cache.fork(parent)
+        #expect(try cache.blockTable(of: child) == cache.blockTable(of: parent))
+        let used = 16 - cache.availableBlockCount
+        // The child writes position 6, inside the shared partial block: it gets a copy.
+        try cache.reserve(child, tokens: 1)
+        #expect(16 - cache.availableBlockCount == used + 1)
+        try writeTokens(cache, child, tag: 2, positions: 6..<7)
+        try cache.append(child, tokens: [6])
+        try expectContents(cache, parent, tags: Array(repeating: 1, count: 6))
+        try expectContents(cache, child, tags: Array(repeating: 1, count: 6) + [2])
+        #expect(cache.invariantViolations().isEmpty)
+        try cache.release(parent)
+        try cache.release(child)
+        #expect(cache.availableBlockCount == 16 && cache.invariantViolations().isEmpty)
+    }
+
+    @Test func prefixCacheReusesFullBlocks() throws {
+        let cache = try Self.cache()
+        let prompt = Array(500..<511)  // 11 tokens: 2 full blocks of 4
+        let first = cache.makeSequence()
+        try cache.reserve(first, tokens: prompt.count)
+        try writeTokens(cache, first, tag: 3, positions: 0..<prompt.count)
+        try cache.append(first, tokens: prompt)
+        try cache.release(first)
+        #expect(cache.evictable.count == 2 && cache.invariantViolations().isEmpty)
+
+        let (second, reused) = cache.makeSequence(reusingPrefixOf: prompt + [7, 8])
+        #expect(reused == 8)
+        try cache.reserve(second, tokens: 5)
+        try writeTokens(cache, second, tag: 3, positions: 8..<13)
+        try cache.append(second, tokens: Array(prompt[8...]) + [7, 8])
+        try expectContents(cache, second, tags: Array(repeating: 3, count: 13))
+        // A different prompt shares only what matches; the last token is never reused.
+        #expect(cache.makeSequence(reusingPrefixOf: Array(prompt[0..<4]) + [0, 0, 0, 0, 1]).reusedTokens == 4)
+        #expect(cache.makeSequence(reusingPrefixOf: Array(prompt[0..<8])).reusedTokens == 4)
+        #expect(cache.invariantViolations().isEmpty)
+    }
+
+    @Test func truncatingIntoACachedBlockCopiesBeforeWriting() throws {
+        let cache = try Self.cache()
+        let s = cache.makeSequence()
+        try cache.reserve(s, tokens: 8)
+        try writeTokens(cache, s, tag: 1, positions: 0..<8)
+        try cache.append(s, tokens: Array(0..<8))
+        try cache.truncate(s, to: 6)
+        try cache.reserve(s, tokens: 2)
+        try writeTokens(cache, s, tag: 9, positions: 6..<8)
+        try cache.append(s, tokens: [60, 70])
+        try expectContents(cache, s, tags: [1, 1, 1, 1, 1, 1, 9, 9])
+        // The cached block still holds the original tokens 4..<8 for reuse.
+        let (again, reused) = cache.makeSequence(reusingPrefixOf: Array(0..<9))
+        #expect(reused == 8)
+        try expectContents(cache, again, tags: Array(repeating: 1, count: 8))
+        #expect(throws: KVCacheError.self) { try cache.truncate(s, to: 9) }
+        #expect(cache.invariantViolations().isEmpty)
+    }
+
+    /// Random reserve/write/append/fork/truncate/release/prefix-reuse operations against a
+    /// shadow model of each sequence's contents; the invariants hold after every step and
+    /// every block returns to the pool at the end.
+    @Test(arguments: 0..<8)
+    func randomOperationsKeepInvariants(seed: Int) throws {
+        var generator = SplitMix(seed: UInt64(seed))
+        let cache = try Self.cache(blocks: 12)
+        var shadow: [SequenceID: (tags: [Int], tokens: [Int])] = [:]
+        var tag = 0
+        for step in 0..<300 {
+            let live = Array(shadow.keys).sorted { $0.rawValue < $1.rawValue }
+            switch Int.random(in: 0..<7, using: &generator) {
+            case 0, 1:  // a new sequence, maybe from a cached prefix of an earlier one's tokens
+                var tokens = (0..<Int.random(in: 1...14, using: &generator)).map { _ in Int.random(in: 0..<3, using: &generator) }
+                if let donor = shadow.values.randomElement(using: &generator), Bool.random(using: &generator) { tokens = donor.tokens + tokens }
+                let (s, reused) = cache.makeSequence(reusingPrefixOf: tokens)
+                var tags = reused > 0 ? shadow.values.first { Array($0.tokens.prefix(reused)) == Array(tokens.prefix(reused)) }.map { Array($0.tags.prefix(reused)) } : []
+                if reused > 0, tags == nil {
+                    // Reused from a released sequence: recover the tags from the cache.
+                    tags = try (0..<reused).map { p in Int(try cache.read(s, layer: 0, head: 0, values: false)[p * 8]) }
+                }
+                do {
+                    try cache.reserve(s, tokens: tokens.count - reused)
+                    tag += 1
+                    try writeTokens(cache, s, tag: tag, positions: reused..<tokens.count)
+                    try cache.append(s, tokens: Array(tokens[reused...]))
+                    shadow[s] = ((tags ?? []) + Array(repeating: tag, count: tokens.count - reused), tokens)
+                } catch KVCacheError.outOfBlocks {
+                    try cache.release(s)
+                }
+            case 2:  // extend
+                guard let s = live.randomElement(using: &generator) else { continue }
+                let extra = (0..<Int.random(in: 1...6, using: &generator)).map { _ in Int.random(in: 0..<3, using: &generator) }
+                do {
+                    try cache.reserve(s, tokens: extra.count)
+                    tag += 1
+                    let start = shadow[s]!.tokens.count
+                    try writeTokens(cache, s, tag: tag, positions: start..<start + extra.count)
+                    try cache.append(s, tokens: extra)
+                    shadow[s]!.tags += Array(repeating: tag, count: extra.count)
+                    shadow[s]!.tokens += extra
+                } catch KVCacheError.outOfBlocks {}
+            case 3:
+                guard let s = live.randomElement(using: &generator) else { continue }
+                shadow[try cache.fork(s)] = shadow[s]
+            case 4:
+                guard let s = live.randomElement(using: &generator) else { continue }
+                let length = Int.random(in: 0...shadow[s]!.tokens.count, using: &generator)
+                try cache.truncate(s, to: length)
+                shadow[s]!.tags.removeLast(shadow[s]!.tags.count - length)
+                shadow[s]!.tokens.removeLast(shadow[s]!.tokens.count - length)
+            default:
+                guard let s = live.randomElement(using: &generator) else { continue }
+                try cache.release(s)
+                shadow[s] = nil
+            }
+            let problems = cache.invariantViolations()
+            #expect(problems.isEmpty, "step \(step): \(problems.prefix(3))")
+            if !problems.isEmpty { return }
+        }
+        for (s, model) in shadow { try expectContents(cache, s, tags: model.tags) }
+        for s in shadow.keys { try cache.release(s) }
+        #expect(cache.availableBlockCount == cache.blockCount && cache.invariantViolations().isEmpty)
+    }
+}
+
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x1234_5678 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
