@@ -8,8 +8,20 @@ func kvValue(tag: Int, layer: Int, position: Int, head: Int, element: Int, isVal
 }
 
 func writeTokens(_ cache: PagedKVCache, _ sequence: SequenceID, tag: Int, positions: Range<Int>) throws {
+    try writeTokens(cache, sequence, tags: Array(repeating: tag, count: positions.upperBound), positions: positions)
+}
+
+/// Like real keys and values, the content at a position is a function of the tokens up to it,
+/// so a prefix-cache hit on another sequence's blocks must give the same content.
+func prefixTags(_ tokens: [Int]) -> [Int] {
+    var hash = 17
+    return tokens.map { token in hash = (hash &* 31 &+ token &+ 1) & 0xFFFF; return hash % 97 }
+}
+
+func writeTokens(_ cache: PagedKVCache, _ sequence: SequenceID, tags: [Int], positions: Range<Int>) throws {
     let c = cache.configuration
     for position in positions {
+        let tag = tags[position]
         for layer in 0..<c.layers {
             var keys = [Float](repeating: 0, count: c.keyValueHeads * c.headDimension), values = keys
             for head in 0..<c.keyValueHeads {
@@ -143,56 +155,52 @@ func expectContents(_ cache: PagedKVCache, _ sequence: SequenceID, tags: [Int], 
     }
 
     /// Random reserve/write/append/fork/truncate/release/prefix-reuse operations against a
-    /// shadow model of each sequence's contents; the invariants hold after every step and
-    /// every block returns to the pool at the end.
+    /// shadow model of each sequence's tokens; the invariants hold after every step, every
+    /// sequence reads back what its tokens imply, and every block returns to the pool.
     @Test(arguments: 0..<8)
     func randomOperationsKeepInvariants(seed: Int) throws {
         var generator = SplitMix(seed: UInt64(seed))
         let cache = try Self.cache(blocks: 12)
-        var shadow: [SequenceID: (tags: [Int], tokens: [Int])] = [:]
-        var tag = 0
+        var shadow: [SequenceID: [Int]] = [:]
+        var reusedTokens = 0, forks = 0, truncations = 0
+        func randomTokens() -> [Int] {
+            (0..<Int.random(in: 1...14, using: &generator)).map { _ in Int.random(in: 0..<3, using: &generator) }
+        }
         for step in 0..<300 {
             let live = Array(shadow.keys).sorted { $0.rawValue < $1.rawValue }
             switch Int.random(in: 0..<7, using: &generator) {
-            case 0, 1:  // a new sequence, maybe from a cached prefix of an earlier one's tokens
-                var tokens = (0..<Int.random(in: 1...14, using: &generator)).map { _ in Int.random(in: 0..<3, using: &generator) }
-                if let donor = shadow.values.randomElement(using: &generator), Bool.random(using: &generator) { tokens = donor.tokens + tokens }
+            case 0, 1:  // a new sequence, often extending an earlier one's tokens (prefix reuse)
+                var tokens = randomTokens()
+                if let donor = shadow.values.randomElement(using: &generator), Bool.random(using: &generator) { tokens = donor + tokens }
                 let (s, reused) = cache.makeSequence(reusingPrefixOf: tokens)
-                var tags = reused > 0 ? shadow.values.first { Array($0.tokens.prefix(reused)) == Array(tokens.prefix(reused)) }.map { Array($0.tags.prefix(reused)) } : []
-                if reused > 0, tags == nil {
-                    // Reused from a released sequence: recover the tags from the cache.
-                    tags = try (0..<reused).map { p in Int(try cache.read(s, layer: 0, head: 0, values: false)[p * 8]) }
-                }
+                reusedTokens += reused
                 do {
                     try cache.reserve(s, tokens: tokens.count - reused)
-                    tag += 1
-                    try writeTokens(cache, s, tag: tag, positions: reused..<tokens.count)
+                    try writeTokens(cache, s, tags: prefixTags(tokens), positions: reused..<tokens.count)
                     try cache.append(s, tokens: Array(tokens[reused...]))
-                    shadow[s] = ((tags ?? []) + Array(repeating: tag, count: tokens.count - reused), tokens)
+                    shadow[s] = tokens
                 } catch KVCacheError.outOfBlocks {
                     try cache.release(s)
                 }
             case 2:  // extend
                 guard let s = live.randomElement(using: &generator) else { continue }
-                let extra = (0..<Int.random(in: 1...6, using: &generator)).map { _ in Int.random(in: 0..<3, using: &generator) }
+                let tokens = shadow[s]! + randomTokens()
                 do {
-                    try cache.reserve(s, tokens: extra.count)
-                    tag += 1
-                    let start = shadow[s]!.tokens.count
-                    try writeTokens(cache, s, tag: tag, positions: start..<start + extra.count)
-                    try cache.append(s, tokens: extra)
-                    shadow[s]!.tags += Array(repeating: tag, count: extra.count)
-                    shadow[s]!.tokens += extra
+                    try cache.reserve(s, tokens: tokens.count - shadow[s]!.count)
+                    try writeTokens(cache, s, tags: prefixTags(tokens), positions: shadow[s]!.count..<tokens.count)
+                    try cache.append(s, tokens: Array(tokens[shadow[s]!.count...]))
+                    shadow[s] = tokens
                 } catch KVCacheError.outOfBlocks {}
             case 3:
                 guard let s = live.randomElement(using: &generator) else { continue }
                 shadow[try cache.fork(s)] = shadow[s]
+                forks += 1
             case 4:
                 guard let s = live.randomElement(using: &generator) else { continue }
-                let length = Int.random(in: 0...shadow[s]!.tokens.count, using: &generator)
+                let length = Int.random(in: 0...shadow[s]!.count, using: &generator)
                 try cache.truncate(s, to: length)
-                shadow[s]!.tags.removeLast(shadow[s]!.tags.count - length)
-                shadow[s]!.tokens.removeLast(shadow[s]!.tokens.count - length)
+                shadow[s]!.removeLast(shadow[s]!.count - length)
+                truncations += 1
             default:
                 guard let s = live.randomElement(using: &generator) else { continue }
                 try cache.release(s)
@@ -201,10 +209,12 @@ func expectContents(_ cache: PagedKVCache, _ sequence: SequenceID, tags: [Int], 
             let problems = cache.invariantViolations()
             #expect(problems.isEmpty, "step \(step): \(problems.prefix(3))")
             if !problems.isEmpty { return }
+            if step % 25 == 0 { for (s, tokens) in shadow { try expectContents(cache, s, tags: prefixTags(tokens)) } }
         }
-        for (s, model) in shadow { try expectContents(cache, s, tags: model.tags) }
+        for (s, tokens) in shadow { try expectContents(cache, s, tags: prefixTags(tokens)) }
         for s in shadow.keys { try cache.release(s) }
         #expect(cache.availableBlockCount == cache.blockCount && cache.invariantViolations().isEmpty)
+        #expect(reusedTokens > 0 && forks > 0 && truncations > 0, "the run exercised reuse, forks and truncation")
     }
 }
 
