@@ -57,6 +57,32 @@ models/llama-gqa.f32.gguf, models/qwen2-bias.f32.gguf
                             Checked by reading back with GGUFReader and with transformers' own
                             GGUF importer (load_gguf_checkpoint), which must undo the permutation
                             and give back the exact weights.
+models/mixtral-moe.f32.gguf F32 export of mixtral-moe, laid out as llama.cpp's converter does it,
+                            from the saved model.safetensors: arch "llama", the llama-gqa metadata
+                            plus llama.expert_count 4 and llama.expert_used_count 2; q/k permuted as
+                            above; per layer the router blk.N.ffn_gate_inp.weight (4, 32) and the
+                            per-expert weights stacked over experts (expert index first):
+                            ffn_gate_exps (4, 64, 32) = w1, ffn_up_exps (4, 64, 32) = w3,
+                            ffn_down_exps (4, 32, 64) = w2. Checked by GGUFReader, by running the
+                            read-back router and experts as a MoE block against the model's own,
+                            and by transformers as far as it can: it has no Mixtral GGUF support
+                            (it reads arch "llama" as a dense Llama and knows no "mixtral" tensor
+                            names), so only the config it parses and its q/k un-permutation are used.
+models/mamba.f32.gguf       F32 export of mamba, likewise: arch "mamba"; mamba.context_length 256,
+                            embedding_length 32, block_count 2, ssm.conv_kernel 4, ssm.inner_size
+                            64, ssm.state_size 8, ssm.time_step_rank 2,
+                            attention.layer_norm_rms_epsilon 1e-5, and, as llama.cpp's converter
+                            writes them, feed_forward_length 0, attention.head_count 0 and
+                            ssm.dt_b_c_rms false. Per layer (from backbone.layers.N.): attn_norm
+                            (norm), ssm_in (in_proj), ssm_conv1d.weight (conv1d (64, 1, 4) stored as
+                            (64, 4)) and .bias, ssm_x (x_proj), ssm_dt.weight/.bias (dt_proj),
+                            ssm_a = -exp(A_log) and ssm_d = D (no ".weight": llama.cpp's names),
+                            ssm_out (out_proj); token_embd and output_norm; no output.weight (tied).
+                            -exp is computed with torch in float32 (numpy's exp can differ by one
+                            ulp: ssm_a holds -7.0000005 where -7 might be expected). transformers'
+                            importer reads it back to the model's weights (A_log within 1e-6).
+                            Tensor names of both come from gguf's constants (TENSOR_NAMES) and are
+                            checked against gguf's TensorNameMap, llama.cpp's HF-to-GGUF name table.
 
 GGUF dimension order: GGUFWriter.add_tensor takes a numpy array in PyTorch order and writes
 its dims reversed (ggml order, ne[0] = the contiguous dim); the data bytes are the row-major

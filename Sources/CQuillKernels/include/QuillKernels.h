@@ -125,6 +125,24 @@ int64_t quill_argmax(const float *x, int64_t n);
 /// written, min(k, n).
 int64_t quill_top_k(const float *x, int64_t n, int64_t k, int64_t *indices, float *values);
 
+// MARK: - Attention over a paged KV cache
+
+/// Online-softmax attention for one key/value head and the `group` query heads sharing it,
+/// for `n_queries` consecutive positions starting at `first_position`, reading keys and
+/// values through a block table (FlashAttention-style: one block of keys per tile, a running
+/// max and sum per query row, no score matrix).
+///   q, out: n_queries rows, `row_stride` floats apart, each holding [group][head_dim]
+///   k_base, v_base: this (layer, head)'s run in block 0; block b's run is at
+///     base + blocks[b] * block_stride, holding block_size rows of head_dim elements
+///   kv_type: 0 F32, 1 F16
+///   Query at position p sees keys max(0, p - window + 1) ... p (window 0: all of 0 ... p).
+///   scratch: at least (n_queries * group) * (head_dim + 2) + block_size * group floats.
+/// Keys 0 ... first_position + n_queries - 1 must exist.
+void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t head_dim,
+                           const void *k_base, const void *v_base, int64_t block_stride, const int32_t *blocks,
+                           int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
+                           float *scratch);
+
 // MARK: - Thread pool
 
 typedef struct quill_pool quill_pool;

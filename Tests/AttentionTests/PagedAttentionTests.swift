@@ -1,0 +1,153 @@
+import Foundation
+import Testing
+@testable import Attention
+
+/// Attention against a float64 reference computed from the very values the cache holds
+/// (so F16 storage is judged on the softmax and accumulation only).
+@Suite struct PagedAttentionTests {
+    struct Setup {
+        let cache: PagedKVCache
+        let sequence: SequenceID
+        let queries: FloatBuffer
+        let heads: Int
+    }
+
+    /// A sequence of `length` random keys/values and `rows` random queries for the last positions.
+    static func setup(headDimension d: Int, group: Int, length: Int, rows: Int, type: ElementType = .f32,
+                      scrambleBlocks: Bool = false, seed: UInt64 = 1) throws -> Setup {
+        let kvHeads = 2, blockSize = 16
+        let shape = KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d, blockSize: blockSize, elementType: type, memoryBudget: 0)
+        let blocksNeeded = (length + blockSize - 1) / blockSize + 8
+        let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d,
+                                                                         blockSize: blockSize, elementType: type,
+                                                                         memoryBudget: blocksNeeded * shape.blockBytes))
+        if scrambleBlocks {  // take blocks out of order so the table is not 0, 1, 2, ...
+            let filler = cache.makeSequence()
+            try cache.reserve(filler, tokens: 5 * blockSize)
+            try cache.append(filler, tokens: Array(repeating: 0, count: 5 * blockSize))
+            let other = cache.makeSequence()
+            try cache.reserve(other, tokens: 3 * blockSize)
+            try cache.release(filler)
+        }
+        let sequence = cache.makeSequence()
+        try cache.reserve(sequence, tokens: length)
+        var generator = SplitMix(seed: seed)
+        for position in 0..<length {
+            // Large enough that attention is far from uniform.
+            let keys = (0..<kvHeads * d).map { _ in Float.random(in: -1.5...1.5, using: &generator) }
+            let values = (0..<kvHeads * d).map { _ in Float.random(in: -1...1, using: &generator) }
+            try cache.write(sequence, layer: 0, position: position, keys: keys, values: values)
+        }
+        try cache.append(sequence, tokens: Array(repeating: 1, count: length))
+        let heads = kvHeads * group
+        let queries = try FloatBuffer(rows: rows, columns: heads * d,
+                                      values: (0..<rows * heads * d).map { _ in Float.random(in: -1.5...1.5, using: &generator) })
+        return Setup(cache: cache, sequence: sequence, queries: queries, heads: heads)
+    }
+
+    static func reference(_ s: Setup, rows: Int, firstPosition: Int, window: Int?) throws -> [Double] {
+        let c = s.cache.configuration, d = c.headDimension, group = s.heads / c.keyValueHeads
+        let keys = try (0..<c.keyValueHeads).map { try s.cache.read(s.sequence, layer: 0, head: $0, values: false) }
+        let values = try (0..<c.keyValueHeads).map { try s.cache.read(s.sequence, layer: 0, head: $0, values: true) }
+        var out = [Double](repeating: 0, count: rows * s.heads * d)
+        let scale = 1 / Double(d).squareRoot()
+        for r in 0..<rows {
+            let position = firstPosition + r
+            let lowest = window.map { max(0, position - $0 + 1) } ?? 0
+            for h in 0..<s.heads {
+                let kv = h / group
+                let q = (0..<d).map { Double(s.queries[r, h * d + $0]) }
+                let scores = (lowest...position).map { j in (0..<d).reduce(0.0) { $0 + q[$1] * Double(keys[kv][j * d + $1]) } * scale }
+                let m = scores.max()!
+                let weights = scores.map { exp($0 - m) }, total = weights.reduce(0, +)
+                for (index, j) in (lowest...position).enumerated() {
+                    for e in 0..<d { out[(r * s.heads + h) * d + e] += weights[index] / total * Double(values[kv][j * d + e]) }
+                }
+            }
+        }
+        return out
+    }
+
+    static func run(_ s: Setup, rows: Int, firstPosition: Int, window: Int?, threads: Int = 2) throws -> FloatBuffer {
+        let output = try FloatBuffer(rows: rows, columns: s.queries.columns)
+        try PagedAttention.attend(queries: s.queries, rows: rows, firstPosition: firstPosition, cache: s.cache, sequence: s.sequence,
+                                  layer: 0, window: window, output: output, context: ComputeContext(threads: threads))
+        return output
+    }
+
+    @Test(arguments: [64, 80, 128], [1, 4, 8])
+    func matchesFloat64Reference(headDimension: Int, group: Int) throws {
+        for length in [1, 15, 16, 17, 100, 1000] where !(length == 1000 && group == 8 && headDimension != 128) {
+            let rows = min(length, 9)  // a prefill chunk crossing a tile and block boundary
+            let s = try Self.setup(headDimension: headDimension, group: group, length: length, rows: rows, seed: UInt64(length))
+            for window in [nil, 7] as [Int?] {
+                let output = try Self.run(s, rows: rows, firstPosition: length - rows, window: window)
+                let expected = try Self.reference(s, rows: rows, firstPosition: length - rows, window: window)
+                let worst = zip(output.values(), expected).map { abs(Double($0) - $1) }.max() ?? 0
+                #expect(worst <= 1e-5, "d=\(headDimension) group=\(group) length=\(length) window=\(window.map(String.init) ?? "none"): \(worst)")
+            }
+        }
+    }
+
+    @Test func f16CacheMatchesReferenceOfStoredValues() throws {
+        let s = try Self.setup(headDimension: 64, group: 4, length: 300, rows: 5, type: .f16)
+        let output = try Self.run(s, rows: 5, firstPosition: 295, window: nil)
+        let expected = try Self.reference(s, rows: 5, firstPosition: 295, window: nil)
+        #expect(zip(output.values(), expected).allSatisfy { abs(Double($0) - $1) <= 1e-5 })
+    }
+
+    @Test(arguments: [ElementType.f32, .f16])
+    func pagedEqualsContiguousBitForBit(type: ElementType) throws {
+        let contiguous = try Self.setup(headDimension: 80, group: 4, length: 200, rows: 12, type: type)
+        let scrambled = try Self.setup(headDimension: 80, group: 4, length: 200, rows: 12, type: type, scrambleBlocks: true)
+        let table = try scrambled.cache.blockTable(of: scrambled.sequence)
+        #expect(table != Array(table.sorted()) || table.first != 0, "the scrambled table must not be contiguous: \(table)")
+        #expect(try Self.run(contiguous, rows: 12, firstPosition: 188, window: nil).values()
+                == Self.run(scrambled, rows: 12, firstPosition: 188, window: nil).values())
+        // One thread or two: the same bits.
+        #expect(try Self.run(contiguous, rows: 12, firstPosition: 188, window: 50, threads: 1).values()
+                == Self.run(contiguous, rows: 12, firstPosition: 188, window: 50, threads: 2).values())
+    }
+
+    @Test func prefixCacheHitGivesTheSameAttention() throws {
+        let s = try Self.setup(headDimension: 64, group: 2, length: 40, rows: 1)
+        let tokens = Array(repeating: 1, count: 40)
+        let original = try Self.run(s, rows: 1, firstPosition: 39, window: nil)
+        // A second sequence reusing the 32 cached tokens and writing the rest again.
+        let (second, reused) = s.cache.makeSequence(reusingPrefixOf: tokens + [2])
+        #expect(reused == 32)
+        try s.cache.reserve(second, tokens: 8)
+        for position in 32..<40 {
+            var keys = [Float](), values = [Float]()
+            for head in 0..<2 {
+                keys += try s.cache.read(s.sequence, layer: 0, head: head, values: false)[(position * 64)..<(position * 64 + 64)]
+                values += try s.cache.read(s.sequence, layer: 0, head: head, values: true)[(position * 64)..<(position * 64 + 64)]
+            }
+            try s.cache.write(second, layer: 0, position: position, keys: keys, values: values)
+        }
+        try s.cache.append(second, tokens: Array(tokens[32...]))
+        let output = try FloatBuffer(rows: 1, columns: s.queries.columns)
+        try PagedAttention.attend(queries: s.queries, rows: 1, firstPosition: 39, cache: s.cache, sequence: second, layer: 0,
+                                  output: output, context: ComputeContext(threads: 1))
+        #expect(output.values() == original.values())
+    }
+
+    @Test func badArgumentsThrow() throws {
+        let s = try Self.setup(headDimension: 64, group: 2, length: 20, rows: 2)
+        let output = try FloatBuffer(rows: 2, columns: s.queries.columns)
+        let context = try ComputeContext(threads: 1)
+        #expect(throws: KVCacheError.self) {
+            try PagedAttention.attend(queries: s.queries, rows: 2, firstPosition: 100, cache: s.cache, sequence: s.sequence, layer: 0, output: output, context: context)
+        }
+        #expect(throws: TensorError.self) {
+            try PagedAttention.attend(queries: s.queries, rows: 2, firstPosition: 10, cache: s.cache, sequence: s.sequence, layer: 1, output: output, context: context)
+        }
+        #expect(throws: TensorError.self) {
+            try PagedAttention.attend(queries: try FloatBuffer(rows: 2, columns: 96), rows: 2, firstPosition: 10, cache: s.cache, sequence: s.sequence, layer: 0,
+                                      output: try FloatBuffer(rows: 2, columns: 96), context: context)
+        }
+        #expect(throws: TensorError.self) {
+            try PagedAttention.attend(queries: s.queries, rows: 2, firstPosition: 10, cache: s.cache, sequence: s.sequence, layer: 0, window: 0, output: output, context: context)
+        }
+    }
+}
