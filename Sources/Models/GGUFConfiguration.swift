@@ -116,9 +116,10 @@ enum GGUFConfiguration {
             case "output_norm.weight": names[isMamba ? "backbone.norm_f.weight" : "model.norm.weight"] = (name, nil)
             case "output.weight": names["lm_head.weight"] = (name, nil)
             default:
+                // blk.N.kind.suffix, or blk.N.kind for Mamba's ssm_a and ssm_d.
                 let parts = name.split(separator: ".")
-                guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]) else { continue }
-                let kind = String(parts[2]), suffix = String(parts[3])
+                guard parts.count == 3 || parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]) else { continue }
+                let kind = String(parts[2]), suffix = parts.count == 4 ? String(parts[3]) : ""
                 if let local = layerNames[kind] {
                     // Mamba's A and D are plain parameters, not .weight tensors.
                     let checkpointSuffix = (kind == "ssm_a" || kind == "ssm_d") ? "" : "." + suffix

@@ -44,7 +44,7 @@ let sharedModels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
         return out
     }
 
-    @Test(arguments: [("llama-gqa", true), ("qwen2-bias", false)])
+    @Test(arguments: [("llama-gqa", true), ("qwen2-bias", false), ("mixtral-moe", true)])
     func ggufExportMatchesTheCheckpoint(name: String, permuted: Bool) throws {
         let folder = try ModelFiles.load(sharedModels.appendingPathComponent(name).path)
         let gguf = try ModelFiles.load(sharedModels.appendingPathComponent("\(name).f32.gguf").path)
@@ -68,6 +68,31 @@ let sharedModels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().d
             }
             #expect(tensor.floats() == values, "\(tensorName)")
         }
+    }
+
+    /// Mamba's GGUF stores A = -exp(A_log) (as `mixer.A`) and the convolution as [inner, kernel].
+    @Test func mambaGGUFMatchesTheCheckpoint() throws {
+        let folder = try ModelFiles.load(sharedModels.appendingPathComponent("mamba").path)
+        let gguf = try ModelFiles.load(sharedModels.appendingPathComponent("mamba.f32.gguf").path)
+        guard case var .mamba(expected) = folder.configuration, case let .mamba(actual) = gguf.configuration else {
+            Issue.record("not mamba"); return
+        }
+        expected.bosTokenID = actual.bosTokenID
+        expected.eosTokenIDs = actual.eosTokenIDs
+        #expect(actual == expected)
+        for name in folder.weights.names {
+            let reference = try folder.weights.tensor(name)
+            if name.hasSuffix("A_log") {
+                let a = try gguf.weights.tensor(name.replacingOccurrences(of: "A_log", with: "A"))
+                let expectedA = reference.floats().map { -Foundation.exp($0) }
+                #expect(zip(a.floats(), expectedA).allSatisfy { abs($0 - $1) <= 1e-6 * abs($1) }, "\(name)")
+                continue
+            }
+            let tensor = try gguf.weights.tensor(name)
+            #expect(tensor.floats() == reference.floats(), "\(name)")
+            #expect(tensor.elementCount == reference.elementCount)
+        }
+        #expect(try gguf.weights.tensor("backbone.layers.0.mixer.conv1d.weight").shape == [64, 4])
     }
 
     @Test func quantizesAtLoadWithProgress() throws {
