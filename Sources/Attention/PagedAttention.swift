@@ -38,7 +38,7 @@ public enum PagedAttention {
         let group = queries.columns / d / c.keyValueHeads
         let blocks = table.map { Int32($0) }
         let tiles = (n + queryTile - 1) / queryTile
-        let scratchCount = queryTile * group * (d + 2) + c.blockSize * group
+        let scratchCount = queryTile * group * (d + 2) + c.blockSize * (group + 2 * d)
         let attentionScale = scale ?? 1 / Float(d).squareRoot()
         let kvType: Int32 = c.elementType == .f16 ? 1 : 0
         let rowStride = Int64(queries.columns)
@@ -51,7 +51,7 @@ public enum PagedAttention {
                     quill_attention_paged(queries.pointer + offset, output.pointer + offset, rowStride, Int64(count), Int64(group), Int64(d),
                                           cache.run(block: 0, layer: layer, head: head, values: false),
                                           cache.run(block: 0, layer: layer, head: head, values: true),
-                                          Int64(c.blockBytes), blockTable.baseAddress!, Int64(c.blockSize),
+                                          Int64(c.runBytes), blockTable.baseAddress!, Int64(c.blockSize),
                                           Int64(firstPosition + first), Int64(window ?? 0), attentionScale, kvType, scratch.baseAddress!)
                 }
             }

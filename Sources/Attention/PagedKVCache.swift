@@ -72,7 +72,10 @@ public final class PagedKVCache {
     public let configuration: KVCacheConfiguration
     /// Blocks in the pool.
     public let blockCount: Int
-    /// The pool: blockCount × blockBytes, 64-byte aligned.
+    /// The pool: one region per (layer, keys or values, head), each holding that run of
+    /// every block back to back — so a sequence whose blocks are consecutive is read as one
+    /// stream (one region per block would put 180 KB between a head's runs in a 1.1B model
+    /// and defeat the prefetcher).
     public let storage: UnsafeMutableRawPointer
 
     struct Block {
@@ -113,8 +116,9 @@ public final class PagedKVCache {
         guard c.memoryBudget >= c.blockBytes else { throw KVCacheError.budgetTooSmall(budget: c.memoryBudget, blockBytes: c.blockBytes) }
         configuration = c
         blockCount = c.memoryBudget / c.blockBytes
-        var raw: UnsafeMutableRawPointer?
-        guard posix_memalign(&raw, 64, blockCount * c.blockBytes) == 0, let raw else {
+        // Anonymous memory: zero-filled, page-aligned, and only touched pages become resident.
+        guard let raw = mmap(nil, blockCount * c.blockBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              raw != MAP_FAILED else {
             throw KVCacheError.invalidConfiguration("cannot allocate \(blockCount * c.blockBytes) bytes")
         }
         storage = raw
@@ -122,7 +126,7 @@ public final class PagedKVCache {
         freeList = Array((0..<blockCount).reversed())
     }
 
-    deinit { free(storage) }
+    deinit { munmap(storage, blockCount * configuration.blockBytes) }
 
     // MARK: - Inspection
 
@@ -135,11 +139,26 @@ public final class PagedKVCache {
     /// The block table of `sequence`.
     public func blockTable(of sequence: SequenceID) throws -> [Int] { try state(sequence).blocks }
 
-    /// Where layer `layer`'s keys (or values) of `head` start inside block `block`:
-    /// blockSize rows of headDimension elements.
+    /// Where layer `layer`'s keys (or values) of `head` start inside block `block`. Keys are
+    /// stored transposed, [headDimension][blockSize], so attention scores several heads of a
+    /// block at once in registers; values by token, [blockSize][headDimension].
     public func run(block: Int, layer: Int, head: Int, values: Bool) -> UnsafeMutableRawPointer {
         let c = configuration
-        return storage + block * c.blockBytes + ((layer * 2 + (values ? 1 : 0)) * c.keyValueHeads + head) * c.runBytes
+        let region = (layer * 2 + (values ? 1 : 0)) * c.keyValueHeads + head
+        return storage + (region * blockCount + block) * c.runBytes
+    }
+
+    /// Copies every run of block `source` to block `target`.
+    func copyBlock(_ source: Int, to target: Int) {
+        let c = configuration
+        for layer in 0..<c.layers {
+            for head in 0..<c.keyValueHeads {
+                for values in [false, true] {
+                    run(block: target, layer: layer, head: head, values: values)
+                        .copyMemory(from: run(block: source, layer: layer, head: head, values: values), byteCount: c.runBytes)
+                }
+            }
+        }
     }
 
     func state(_ sequence: SequenceID) throws -> Sequence {
@@ -193,8 +212,7 @@ public final class PagedKVCache {
         if lastIsShared {
             let shared = state.blocks[state.blocks.count - 1]
             let copy = takeBlock()
-            storage.advanced(by: copy * configuration.blockBytes)
-                .copyMemory(from: storage.advanced(by: shared * configuration.blockBytes), byteCount: configuration.blockBytes)
+            copyBlock(shared, to: copy)
             release(block: shared)
             state.blocks[state.blocks.count - 1] = copy
         }
@@ -277,16 +295,17 @@ public final class PagedKVCache {
             throw KVCacheError.invalidConfiguration("write into shared block \(block) of \(sequence) at position \(position)")
         }
         let d = configuration.headDimension, row = position % size
+        let f32 = configuration.elementType == .f32
         for head in 0..<configuration.keyValueHeads {
-            for (isValue, source) in [(false, keys), (true, values)] {
-                let target = run(block: block, layer: layer, head: head, values: isValue)
-                let from = source + head * d
-                if configuration.elementType == .f32 {
-                    (target + row * d * 4).copyMemory(from: from, byteCount: d * 4)
-                } else {
-                    quill_f32_to_f16(from, (target + row * d * 2).assumingMemoryBound(to: UInt16.self), Int64(d))
-                }
+            let k = run(block: block, layer: layer, head: head, values: false)
+            for e in 0..<d {  // transposed: element e of every token is contiguous
+                let value = keys[head * d + e]
+                if f32 { k.storeBytes(of: value, toByteOffset: (e * size + row) * 4, as: Float.self) }
+                else { k.storeBytes(of: quill_f32_to_f16_scalar(value), toByteOffset: (e * size + row) * 2, as: UInt16.self) }
             }
+            let v = run(block: block, layer: layer, head: head, values: true)
+            if f32 { (v + row * d * 4).copyMemory(from: values + head * d, byteCount: d * 4) }
+            else { quill_f32_to_f16(values + head * d, (v + row * d * 2).assumingMemoryBound(to: UInt16.self), Int64(d)) }
         }
     }
 
@@ -296,15 +315,14 @@ public final class PagedKVCache {
         let state = try self.state(sequence)
         let d = configuration.headDimension, size = configuration.blockSize
         var result = [Float](repeating: 0, count: state.length * d)
+        let f32 = configuration.elementType == .f32
         for position in 0..<state.length {
             let source = run(block: state.blocks[position / size], layer: layer, head: head, values: values)
-            result.withUnsafeMutableBufferPointer { out in
-                let target = out.baseAddress! + position * d
-                if configuration.elementType == .f32 {
-                    target.update(from: (source + (position % size) * d * 4).assumingMemoryBound(to: Float.self), count: d)
-                } else {
-                    quill_f16_to_f32((source + (position % size) * d * 2).assumingMemoryBound(to: UInt16.self), target, Int64(d))
-                }
+            let row = position % size
+            for e in 0..<d {
+                let index = values ? row * d + e : e * size + row  // keys are stored transposed
+                result[position * d + e] = f32 ? source.load(fromByteOffset: index * 4, as: Float.self)
+                    : quill_f16_to_f32_scalar(source.load(fromByteOffset: index * 2, as: UInt16.self))
             }
         }
         return result

@@ -1,107 +1,159 @@
-// Attention over a paged KV cache. The algorithm is written once, over three primitives
-// (a dot product, an axpy and an in-place exp) chosen per call for the CPU and the KV type.
+// Attention over a paged KV cache: FlashAttention's online softmax with one KV block as the
+// tile. Keys are stored transposed inside a block ([head_dim][block_size]) so that a
+// block's scores for several query heads accumulate in registers with no horizontal sums;
+// values are stored by token ([block_size][head_dim]) for the weighted sum.
 #include "internal.h"
 #include <math.h>
 
-typedef float (*dot_fn)(const float *q, const void *k, int64_t d);
-typedef void (*axpy_fn)(float *acc, float a, const void *v, int64_t d);
-typedef void (*exp_fn)(float *x, int64_t n);
+// scores[g * bs + j] = scale * q_g · k_j for j < bs, g < group; kT is [d][bs] floats.
+static void block_scores_scalar(const float *q, int64_t group, const float *kT, int64_t d, int64_t bs, float scale, float *scores) {
+    for (int64_t g = 0; g < group; g++)
+        for (int64_t j = 0; j < bs; j++) {
+            float s = 0;
+            for (int64_t e = 0; e < d; e++) s += q[g * d + e] * kT[e * bs + j];
+            scores[g * bs + j] = s * scale;
+        }
+}
 
-static float dot_f32(const float *q, const void *k, int64_t d) { return quill_dot_f32_scalar(q, (const float *)k, d); }
-static float dot_f16(const float *q, const void *k, int64_t d) {
-    const uint16_t *h = (const uint16_t *)k;
-    float s = 0;
-    for (int64_t i = 0; i < d; i++) s += q[i] * quill_f16_to_f32_scalar(h[i]);
-    return s;
+// acc[i] += sum over j < count of p[j] * v[j * d + i].
+static void block_pv_scalar(float *acc, const float *p, const float *v, int64_t count, int64_t d) {
+    for (int64_t j = 0; j < count; j++)
+        for (int64_t i = 0; i < d; i++) acc[i] += p[j] * v[j * d + i];
 }
-static void axpy_f32(float *acc, float a, const void *v, int64_t d) {
-    const float *x = (const float *)v;
-    for (int64_t i = 0; i < d; i++) acc[i] += a * x[i];
-}
-static void axpy_f16(float *acc, float a, const void *v, int64_t d) {
-    const uint16_t *h = (const uint16_t *)v;
-    for (int64_t i = 0; i < d; i++) acc[i] += a * quill_f16_to_f32_scalar(h[i]);
-}
+
 static void exp_scalar(float *x, int64_t n) { for (int64_t i = 0; i < n; i++) x[i] = expf(x[i]); }
 
 #ifdef QUILL_X86
 #include <immintrin.h>
-float quill_dot_f32_avx2(const float *, const float *, int64_t);
-static QUILL_AVX2 float dot_f32_avx2(const float *q, const void *k, int64_t d) { return quill_dot_f32_avx2(q, (const float *)k, d); }
-static QUILL_AVX2 float dot_f16_avx2(const float *q, const void *k, int64_t d) {
-    const uint16_t *h = (const uint16_t *)k;
-    __m256 a = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))), a);
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    float r = _mm_cvtss_f32(s);
-    for (; i < d; i++) r += q[i] * _cvtsh_ss(h[i]);
-    return r;
-}
-static QUILL_AVX2 void axpy_f32_avx2(float *acc, float a, const void *v, int64_t d) {
-    const float *x = (const float *)v;
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(acc + i)));
-    for (; i < d; i++) acc[i] += a * x[i];
-}
-static QUILL_AVX2 void axpy_f16_avx2(float *acc, float a, const void *v, int64_t d) {
-    const uint16_t *h = (const uint16_t *)v;
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8)
-        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))), _mm256_loadu_ps(acc + i)));
-    for (; i < d; i++) acc[i] += a * _cvtsh_ss(h[i]);
-}
 void quill_exp_avx2(float *x, int64_t n);
+
+#define LOAD_F32(p) _mm256_loadu_ps((const float *)(p))
+#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+
+// Four heads × 16 keys in 8 accumulators (bs must be 16); F16 keys are converted in the
+// loads, so a block is never copied. kT holds ELEM values, [d][16].
+#define BLOCK_SCORES(NAME, ELEM, LOAD)                                                                     \
+    static QUILL_AVX2 void NAME(const float *q, int64_t group, const void *keys, int64_t d, float scale,    \
+                                float *scores) {                                                           \
+        const ELEM *kT = (const ELEM *)keys;                                                               \
+        const __m256 vs = _mm256_set1_ps(scale);                                                           \
+        int64_t g = 0;                                                                                     \
+        for (; g + 4 <= group; g += 4) {                                                                   \
+            __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;\
+            const float *q0 = q + g * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;                         \
+            for (int64_t e = 0; e < d; e++) {                                                              \
+                const __m256 lo = LOAD(kT + e * 16), hi = LOAD(kT + e * 16 + 8);                           \
+                __m256 x = _mm256_broadcast_ss(q0 + e); a0 = _mm256_fmadd_ps(x, lo, a0); b0 = _mm256_fmadd_ps(x, hi, b0); \
+                x = _mm256_broadcast_ss(q1 + e); a1 = _mm256_fmadd_ps(x, lo, a1); b1 = _mm256_fmadd_ps(x, hi, b1);       \
+                x = _mm256_broadcast_ss(q2 + e); a2 = _mm256_fmadd_ps(x, lo, a2); b2 = _mm256_fmadd_ps(x, hi, b2);       \
+                x = _mm256_broadcast_ss(q3 + e); a3 = _mm256_fmadd_ps(x, lo, a3); b3 = _mm256_fmadd_ps(x, hi, b3);       \
+            }                                                                                              \
+            float *s = scores + g * 16;                                                                    \
+            _mm256_storeu_ps(s, _mm256_mul_ps(a0, vs)); _mm256_storeu_ps(s + 8, _mm256_mul_ps(b0, vs));    \
+            _mm256_storeu_ps(s + 16, _mm256_mul_ps(a1, vs)); _mm256_storeu_ps(s + 24, _mm256_mul_ps(b1, vs)); \
+            _mm256_storeu_ps(s + 32, _mm256_mul_ps(a2, vs)); _mm256_storeu_ps(s + 40, _mm256_mul_ps(b2, vs)); \
+            _mm256_storeu_ps(s + 48, _mm256_mul_ps(a3, vs)); _mm256_storeu_ps(s + 56, _mm256_mul_ps(b3, vs)); \
+        }                                                                                                  \
+        for (; g < group; g++) {                                                                           \
+            __m256 a = _mm256_setzero_ps(), b = a;                                                         \
+            for (int64_t e = 0; e < d; e++) {                                                              \
+                const __m256 x = _mm256_broadcast_ss(q + g * d + e);                                       \
+                a = _mm256_fmadd_ps(x, LOAD(kT + e * 16), a);                                              \
+                b = _mm256_fmadd_ps(x, LOAD(kT + e * 16 + 8), b);                                          \
+            }                                                                                              \
+            _mm256_storeu_ps(scores + g * 16, _mm256_mul_ps(a, vs));                                       \
+            _mm256_storeu_ps(scores + g * 16 + 8, _mm256_mul_ps(b, vs));                                   \
+        }                                                                                                  \
+    }
+
+// acc[i] += sum over j < count of p[j] * v[j][i]: 32 output floats stay in registers
+// across every key of the block (d must be a multiple of 8).
+#define BLOCK_PV(NAME, ELEM, LOAD)                                                                         \
+    static QUILL_AVX2 void NAME(float *acc, const float *p, const void *values, int64_t count, int64_t d) {\
+        const ELEM *v = (const ELEM *)values;                                                              \
+        int64_t i = 0;                                                                                     \
+        for (; i + 32 <= d; i += 32) {                                                                     \
+            __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);                        \
+            __m256 a2 = _mm256_loadu_ps(acc + i + 16), a3 = _mm256_loadu_ps(acc + i + 24);                  \
+            for (int64_t j = 0; j < count; j++) {                                                          \
+                const __m256 w = _mm256_broadcast_ss(p + j);                                               \
+                const ELEM *row = v + j * d + i;                                                           \
+                a0 = _mm256_fmadd_ps(w, LOAD(row), a0);                                                    \
+                a1 = _mm256_fmadd_ps(w, LOAD(row + 8), a1);                                                \
+                a2 = _mm256_fmadd_ps(w, LOAD(row + 16), a2);                                               \
+                a3 = _mm256_fmadd_ps(w, LOAD(row + 24), a3);                                               \
+            }                                                                                              \
+            _mm256_storeu_ps(acc + i, a0); _mm256_storeu_ps(acc + i + 8, a1);                              \
+            _mm256_storeu_ps(acc + i + 16, a2); _mm256_storeu_ps(acc + i + 24, a3);                        \
+        }                                                                                                  \
+        for (; i < d; i += 8) {                                                                            \
+            __m256 a = _mm256_loadu_ps(acc + i);                                                           \
+            for (int64_t j = 0; j < count; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), LOAD(v + j * d + i), a); \
+            _mm256_storeu_ps(acc + i, a);                                                                  \
+        }                                                                                                  \
+    }
+
+BLOCK_SCORES(block_scores_f32_avx2, float, LOAD_F32)
+BLOCK_SCORES(block_scores_f16_avx2, uint16_t, LOAD_F16)
+BLOCK_PV(block_pv_f32_avx2, float, LOAD_F32)
+BLOCK_PV(block_pv_f16_avx2, uint16_t, LOAD_F16)
 #endif
 
 void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
                            const void *k_base, const void *v_base, int64_t block_stride, const int32_t *blocks,
                            int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
                            float *scratch) {
-    dot_fn dot = kv_type == 1 ? dot_f16 : dot_f32;
-    axpy_fn axpy = kv_type == 1 ? axpy_f16 : axpy_f32;
-    exp_fn expv = exp_scalar;
+    // The AVX2 kernels read F32 or F16 blocks in place; the scalar path converts F16 blocks
+    // into scratch first.
+    int vector = 0;
+    void (*expv)(float *, int64_t) = exp_scalar;
 #ifdef QUILL_X86
-    if (quill_kernel_level() == 1) {
-        dot = kv_type == 1 ? dot_f16_avx2 : dot_f32_avx2;
-        axpy = kv_type == 1 ? axpy_f16_avx2 : axpy_f32_avx2;
+    if (quill_kernel_level() == 1 && block_size == 16 && d % 8 == 0) {
+        vector = 1;
         expv = quill_exp_avx2;
     }
 #endif
-    const int64_t element = kv_type == 1 ? 2 : 4, rows = n_queries * group;
-    float *acc = scratch;                      // [rows][d]
-    float *running_max = acc + rows * d;       // [rows]
-    float *running_sum = running_max + rows;   // [rows]
-    float *scores = running_sum + rows;        // [block_size][group] for one query at a time
+    const int64_t bs = block_size, rows = n_queries * group;
+    float *acc = scratch;                       // [rows][d]
+    float *running_max = acc + rows * d;        // [rows]
+    float *running_sum = running_max + rows;    // [rows]
+    float *scores = running_sum + rows;         // [group][bs] for one query at a time
+    float *keys = scores + group * bs;          // [d][bs]: an F16 block's keys as F32
+    float *values = keys + bs * d;              // [bs][d]
     for (int64_t r = 0; r < rows; r++) {
         running_max[r] = -INFINITY;
         running_sum[r] = 0;
         for (int64_t i = 0; i < d; i++) acc[r * d + i] = 0;
     }
     const int64_t last_position = first_position + n_queries - 1;
-    const int64_t lowest = window > 0 ? (first_position - window + 1 > 0 ? first_position - window + 1 : 0) : 0;
-    for (int64_t b = lowest / block_size; b * block_size <= last_position; b++) {
-        const uint8_t *k_run = (const uint8_t *)k_base + (int64_t)blocks[b] * block_stride;
-        const uint8_t *v_run = (const uint8_t *)v_base + (int64_t)blocks[b] * block_stride;
-        const int64_t start = b * block_size;
+    const int64_t lowest = window > 0 && first_position - window + 1 > 0 ? first_position - window + 1 : 0;
+    for (int64_t b = lowest / bs; b * bs <= last_position; b++) {
+        const float *kT = (const float *)(const void *)((const uint8_t *)k_base + (int64_t)blocks[b] * block_stride);
+        const float *v = (const float *)(const void *)((const uint8_t *)v_base + (int64_t)blocks[b] * block_stride);
+        if (kv_type == 1 && !vector) {  // the scalar path converts the block once
+            quill_f16_to_f32((const uint16_t *)(const void *)kT, keys, bs * d);
+            quill_f16_to_f32((const uint16_t *)(const void *)v, values, bs * d);
+            kT = keys;
+            v = values;
+        }
+        const int64_t element = kv_type == 1 && vector ? 2 : 4;
+        const int64_t start = b * bs;
         for (int64_t qi = 0; qi < n_queries; qi++) {
             const int64_t position = first_position + qi;
             const int64_t lo = window > 0 && position - window + 1 > start ? position - window + 1 : start;
-            const int64_t hi = position + 1 < start + block_size ? position + 1 : start + block_size;  // exclusive
+            const int64_t hi = position + 1 < start + bs ? position + 1 : start + bs;  // exclusive
             if (lo >= hi) continue;
-            const int64_t count = hi - lo;
-            // Scores of this tile for every head of the group.
-            for (int64_t j = 0; j < count; j++) {
-                const void *k = k_run + (lo - start + j) * d * element;
-                for (int64_t g = 0; g < group; g++) scores[g * block_size + j] = dot(q + qi * row_stride + g * d, k, d) * scale;
-            }
+            const int64_t first = lo - start, count = hi - lo;
+#ifdef QUILL_X86
+            if (vector) {
+                if (kv_type == 1) block_scores_f16_avx2(q + qi * row_stride, group, kT, d, scale, scores);
+                else block_scores_f32_avx2(q + qi * row_stride, group, kT, d, scale, scores);
+            } else
+#endif
+                block_scores_scalar(q + qi * row_stride, group, kT, d, bs, scale, scores);
             for (int64_t g = 0; g < group; g++) {
                 const int64_t r = qi * group + g;
-                float *s = scores + g * block_size;
+                float *s = scores + g * bs + first;  // the visible keys of this block
                 float tile_max = s[0];
                 for (int64_t j = 1; j < count; j++) tile_max = s[j] > tile_max ? s[j] : tile_max;
                 const float new_max = tile_max > running_max[r] ? tile_max : running_max[r];
@@ -115,7 +167,14 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
                 running_max[r] = new_max;
                 float *a = acc + r * d;
                 if (correction != 1.0f) for (int64_t i = 0; i < d; i++) a[i] *= correction;
-                for (int64_t j = 0; j < count; j++) axpy(a, s[j], v_run + (lo - start + j) * d * element, d);
+                const void *rows_v = (const uint8_t *)(const void *)v + first * d * element;
+#ifdef QUILL_X86
+                if (vector) {
+                    if (kv_type == 1) block_pv_f16_avx2(a, s, rows_v, count, d);
+                    else block_pv_f32_avx2(a, s, rows_v, count, d);
+                } else
+#endif
+                    block_pv_scalar(a, s, (const float *)rows_v, count, d);
             }
         }
     }

@@ -89,6 +89,15 @@ import Testing
         }
     }
 
+    /// The portable path (CPUs without AVX2), on the calling thread of a one-thread pool.
+    @Test(arguments: [ElementType.f32, .f16])
+    func scalarPathMatchesReference(type: ElementType) throws {
+        let s = try Self.setup(headDimension: 80, group: 4, length: 70, rows: 9, type: type)
+        let output = try KernelLevel.withThreadLevel(.scalar) { try Self.run(s, rows: 9, firstPosition: 61, window: 20, threads: 1) }
+        let expected = try Self.reference(s, rows: 9, firstPosition: 61, window: 20)
+        #expect(zip(output.values(), expected).allSatisfy { abs(Double($0) - $1) <= 1e-5 })
+    }
+
     @Test func f16CacheMatchesReferenceOfStoredValues() throws {
         let s = try Self.setup(headDimension: 64, group: 4, length: 300, rows: 5, type: .f16)
         let output = try Self.run(s, rows: 5, firstPosition: 295, window: nil)

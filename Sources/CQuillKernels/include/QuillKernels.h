@@ -132,11 +132,12 @@ int64_t quill_top_k(const float *x, int64_t n, int64_t k, int64_t *indices, floa
 /// values through a block table (FlashAttention-style: one block of keys per tile, a running
 /// max and sum per query row, no score matrix).
 ///   q, out: n_queries rows, `row_stride` floats apart, each holding [group][head_dim]
-///   k_base, v_base: this (layer, head)'s run in block 0; block b's run is at
-///     base + blocks[b] * block_stride, holding block_size rows of head_dim elements
+///   k_base, v_base: this (layer, head)'s runs in block 0; block b's runs are at
+///     base + blocks[b] * block_stride. Keys are stored transposed, [head_dim][block_size];
+///     values by token, [block_size][head_dim].
 ///   kv_type: 0 F32, 1 F16
 ///   Query at position p sees keys max(0, p - window + 1) ... p (window 0: all of 0 ... p).
-///   scratch: at least (n_queries * group) * (head_dim + 2) + block_size * group floats.
+///   scratch: at least (n_queries * group) * (head_dim + 2) + block_size * (group + 2 * head_dim) floats.
 /// Keys 0 ... first_position + n_queries - 1 must exist.
 void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t head_dim,
                            const void *k_base, const void *v_base, int64_t block_stride, const int32_t *blocks,
