@@ -181,6 +181,15 @@ public enum Kernels {
         quill_mul(a.pointer, b.pointer, output.pointer, Int64(rows * a.columns))
     }
 
+    /// Adds `bias` to each of the first `rows` rows of `buffer`, in place.
+    public static func addBias(_ buffer: FloatBuffer, bias: [Float], rows: Int) throws {
+        guard !bias.isEmpty else { return }  // a layer without bias
+        try check("addBias", [buffer], rows: rows, columns: bias.count)
+        bias.withUnsafeBufferPointer { b in
+            for i in 0..<rows { quill_add(buffer.row(i), b.baseAddress!, buffer.row(i), Int64(bias.count)) }
+        }
+    }
+
     /// Softmax of each of the first `rows` rows, in place.
     public static func softmax(_ buffer: FloatBuffer, rows: Int) throws {
         try check("softmax", [buffer], rows: rows, columns: buffer.columns)

@@ -162,6 +162,15 @@ public struct Tensor: Sendable, CustomStringConvertible {
         return tensor
     }
 
+    /// Row `row` (of `rows`, each `columns` wide) as float32 into `destination`, dequantizing
+    /// if needed: an embedding lookup.
+    public func dequantizeRow(_ row: Int, into destination: UnsafeMutablePointer<Float>) throws {
+        guard row >= 0, row < rows else {
+            throw TensorError.invalidArgument(operation: "row of '\(name)'", detail: "row \(row) outside 0..<\(rows)")
+        }
+        quill_dequantize_rows(elementType.kernelCode, rawPointer, Int64(rowStride), Int64(columns), Int64(row), Int64(row + 1), destination)
+    }
+
     /// All elements as float32 (dequantizing if needed), row-major.
     public func floats() -> [Float] {
         var result = [Float](repeating: 0, count: elementCount)
