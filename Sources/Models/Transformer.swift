@@ -15,9 +15,9 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// A Llama-family decoder (`llama`, `mistral`, `qwen2`): RMSNorm, RoPE, grouped-query
-/// attention over the paged KV cache, SwiGLU MLP, tied or separate output head. Tensor names
-/// are the checkpoint's. Activation buffers are allocated once, for `maximumTokens` tokens
+/// A Llama-family decoder (`llama`, `mistral`, `qwen2`, and `mixtral`'s mixture of
+/// experts): RMSNorm, RoPE, grouped-query attention over the paged KV cache, SwiGLU MLP or
+/// routed SwiGLU experts, tied or separate output head. Tensor names are the checkpoint's. Activation buffers are allocated once, for `maximumTokens` tokens
 /// per step; a step allocates nothing else but the returned logits.
 public final class TransformerModel {
     public let configuration: TransformerConfiguration
@@ -32,7 +32,18 @@ public final class TransformerModel {
         let qBias, kBias, vBias: [Float]  // [heads·d], [kv·d], [kv·d] (empty without biases)
         let oBias: [Float]                // [hidden] (empty without)
         let postNorm: [Float]             // [hidden]
+        let mlp: MLP
+    }
+
+    /// One SwiGLU MLP: down(silu(gate x) · up x).
+    struct Expert {
         let gate, up, down: Tensor        // [inter, hidden], [inter, hidden], [hidden, inter]
+    }
+
+    enum MLP {
+        case dense(Expert)
+        /// Mixtral: router [experts, hidden] and experts w1 (gate), w3 (up), w2 (down).
+        case experts(router: Tensor, experts: [Expert])
     }
     let layers: [Layer]
     let embedding: Tensor                 // [vocab, hidden]
@@ -43,11 +54,13 @@ public final class TransformerModel {
     let hidden, normed, attentionOutput, projected: FloatBuffer  // [n, hidden], [n, hidden], [n, heads·d], [n, hidden]
     let queries, keys, values: FloatBuffer                       // [n, heads·d], [n, kv·d], [n, kv·d]
     let gateOut, upOut: FloatBuffer                              // [n, inter]
+    let routerLogits: FloatBuffer                                // [n, experts]
+    let expertInput, expertOutput: FloatBuffer                   // [n, hidden]: one expert's tokens, gathered
     let cosTable, sinTable: UnsafeMutablePointer<Float>          // [rotary/2]
 
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
-        guard case let .transformer(c) = files.configuration, c.experts == nil else {
-            throw ConfigurationError.invalidValue(path: files.weights.path, key: "model_type", detail: "not a dense transformer")
+        guard case let .transformer(c) = files.configuration else {
+            throw ConfigurationError.invalidValue(path: files.weights.path, key: "model_type", detail: "not a transformer")
         }
         configuration = c
         self.context = context
@@ -57,8 +70,23 @@ public final class TransformerModel {
         let qDim = c.headCount * d, kvDim = c.keyValueHeadCount * d
         func floats(_ name: String, _ count: Int) throws -> [Float] { try w.tensor(name, shape: [count]).floats() }
         func optionalFloats(_ name: String, _ count: Int, _ present: Bool) throws -> [Float] { present ? try floats(name, count) : [] }
+        func expert(_ prefix: String, gate: String, up: String, down: String) throws -> Expert {
+            Expert(gate: try w.tensor(prefix + gate, shape: [c.intermediateSize, h]),
+                   up: try w.tensor(prefix + up, shape: [c.intermediateSize, h]),
+                   down: try w.tensor(prefix + down, shape: [h, c.intermediateSize]))
+        }
         layers = try (0..<c.layerCount).map { i in
             let p = "model.layers.\(i)."
+            let mlp: MLP
+            if let experts = c.experts {
+                let moe = p + "block_sparse_moe."
+                mlp = .experts(router: try w.tensor(moe + "gate.weight", shape: [experts.count, h]),
+                               experts: try (0..<experts.count).map {
+                                   try expert(moe + "experts.\($0).", gate: "w1.weight", up: "w3.weight", down: "w2.weight")
+                               })
+            } else {
+                mlp = .dense(try expert(p + "mlp.", gate: "gate_proj.weight", up: "up_proj.weight", down: "down_proj.weight"))
+            }
             return Layer(
                 inputNorm: try floats(p + "input_layernorm.weight", h),
                 q: try w.tensor(p + "self_attn.q_proj.weight", shape: [qDim, h]),
@@ -70,9 +98,7 @@ public final class TransformerModel {
                 vBias: try optionalFloats(p + "self_attn.v_proj.bias", kvDim, c.queryKeyValueBias),
                 oBias: try optionalFloats(p + "self_attn.o_proj.bias", h, c.outputProjectionBias),
                 postNorm: try floats(p + "post_attention_layernorm.weight", h),
-                gate: try w.tensor(p + "mlp.gate_proj.weight", shape: [c.intermediateSize, h]),
-                up: try w.tensor(p + "mlp.up_proj.weight", shape: [c.intermediateSize, h]),
-                down: try w.tensor(p + "mlp.down_proj.weight", shape: [h, c.intermediateSize]))
+                mlp: mlp)
         }
         embedding = try w.tensor("model.embed_tokens.weight", shape: [c.vocabularySize, h])
         finalNorm = try floats("model.norm.weight", h)
@@ -87,6 +113,9 @@ public final class TransformerModel {
         values = try FloatBuffer(rows: n, columns: kvDim)
         gateOut = try FloatBuffer(rows: n, columns: c.intermediateSize)
         upOut = try FloatBuffer(rows: n, columns: c.intermediateSize)
+        routerLogits = try FloatBuffer(rows: n, columns: c.experts?.count ?? 1)
+        expertInput = try FloatBuffer(rows: n, columns: h)
+        expertOutput = try FloatBuffer(rows: n, columns: h)
         cosTable = .allocate(capacity: max(1, rope.dimension / 2))
         sinTable = .allocate(capacity: max(1, rope.dimension / 2))
     }
@@ -94,6 +123,43 @@ public final class TransformerModel {
     deinit {
         cosTable.deallocate()
         sinTable.deallocate()
+    }
+
+    /// output = down(silu(gate · input) · (up · input)) for the first `rows` rows.
+    func run(_ mlp: Expert, input: FloatBuffer, rows: Int, output: FloatBuffer) throws {
+        try Kernels.matmul(weight: mlp.gate, input: input, rows: rows, output: gateOut, context: context)
+        try Kernels.matmul(weight: mlp.up, input: input, rows: rows, output: upOut, context: context)
+        try Kernels.swiglu(gate: gateOut, up: upOut, rows: rows, output: gateOut)
+        try Kernels.matmul(weight: mlp.down, input: gateOut, rows: rows, output: output, context: context)
+    }
+
+    /// Mixtral's sparse MLP, added into `hidden`: softmax over all experts' router logits
+    /// (float32), the top k per token renormalized to sum to 1, then each selected expert
+    /// runs once over the tokens routed to it (gathered into one matrix) and its output is
+    /// added back scaled by each token's weight. Unselected experts' weights are not read.
+    func mixtureOfExperts(router: Tensor, experts: [Expert], rows n: Int) throws {
+        let k = configuration.experts!.perToken, count = experts.count, h = configuration.hiddenSize
+        try Kernels.matmul(weight: router, input: normed, rows: n, output: routerLogits, context: context)
+        try Kernels.softmax(routerLogits, rows: n)
+        // choice[token] = (expert, weight) pairs; fixed-size storage, no per-step arrays beyond these.
+        var chosen = [(expert: Int, weight: Float)](repeating: (0, 0), count: n * k)
+        for token in 0..<n {
+            let probabilities = UnsafeBufferPointer(start: routerLogits.row(token), count: count)
+            let top = Kernels.topK(probabilities, k: k)
+            let total = top.reduce(Float(0)) { $0 + $1.value }
+            for (slot, entry) in top.enumerated() { chosen[token * k + slot] = (entry.index, entry.value / total) }
+        }
+        for (index, expert) in experts.enumerated() {
+            var tokens: [(token: Int, weight: Float)] = []
+            for token in 0..<n { for slot in 0..<k where chosen[token * k + slot].expert == index { tokens.append((token, chosen[token * k + slot].weight)) } }
+            guard !tokens.isEmpty else { continue }
+            for (row, entry) in tokens.enumerated() { expertInput.row(row).update(from: normed.row(entry.token), count: h) }
+            try run(expert, input: expertInput, rows: tokens.count, output: expertOutput)
+            for (row, entry) in tokens.enumerated() {
+                let target = hidden.row(entry.token), source = expertOutput.row(row)
+                for i in 0..<h { target[i] += entry.weight * source[i] }
+            }
+        }
     }
 
     /// A KV cache shaped for this model, within `memoryBudget` bytes.
@@ -144,11 +210,13 @@ public final class TransformerModel {
             try Kernels.addBias(projected, bias: layer.oBias, rows: n)
             try Kernels.add(hidden, projected, rows: n, output: hidden)
             try Kernels.rmsNorm(hidden, weight: layer.postNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-            try Kernels.matmul(weight: layer.gate, input: normed, rows: n, output: gateOut, context: context)
-            try Kernels.matmul(weight: layer.up, input: normed, rows: n, output: upOut, context: context)
-            try Kernels.swiglu(gate: gateOut, up: upOut, rows: n, output: gateOut)
-            try Kernels.matmul(weight: layer.down, input: gateOut, rows: n, output: projected, context: context)
-            try Kernels.add(hidden, projected, rows: n, output: hidden)
+            switch layer.mlp {
+            case let .dense(mlp):
+                try run(mlp, input: normed, rows: n, output: projected)
+                try Kernels.add(hidden, projected, rows: n, output: hidden)
+            case let .experts(router, experts):
+                try mixtureOfExperts(router: router, experts: experts, rows: n)
+            }
         }
         try cache.append(sequence, tokens: tokens)
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)

@@ -27,7 +27,7 @@ import Testing
 
     static func maximumDifference(_ a: ArraySlice<Float>, _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? .infinity }
 
-    @Test(arguments: ["llama-gqa", "llama3-tied", "mistral-sliding", "qwen2-bias"])
+    @Test(arguments: ["llama-gqa", "llama3-tied", "mistral-sliding", "qwen2-bias", "mixtral-moe"])
     func fullSequenceLogits(name: String) throws {
         let reference = try Self.reference(name)
         let model = try Self.model(sharedModels.appendingPathComponent(name).path)
@@ -43,7 +43,7 @@ import Testing
         }
     }
 
-    @Test(arguments: ["llama-gqa", "mistral-sliding", "qwen2-bias"])
+    @Test(arguments: ["llama-gqa", "mistral-sliding", "qwen2-bias", "mixtral-moe"])
     func stepByStepEqualsFullSequence(name: String) throws {
         let reference = try Self.reference(name)
         let model = try Self.model(sharedModels.appendingPathComponent(name).path)
@@ -58,7 +58,7 @@ import Testing
         }
     }
 
-    @Test(arguments: ["llama-gqa", "llama3-tied", "mistral-sliding", "qwen2-bias"])
+    @Test(arguments: ["llama-gqa", "llama3-tied", "mistral-sliding", "qwen2-bias", "mixtral-moe"])
     func greedyContinuationIsIdentical(name: String) throws {
         let reference = try Self.reference(name)
         let model = try Self.model(sharedModels.appendingPathComponent(name).path)
@@ -74,7 +74,7 @@ import Testing
         #expect(generated == reference.greedy)
     }
 
-    @Test(arguments: ["llama-gqa", "qwen2-bias"])
+    @Test(arguments: ["llama-gqa", "qwen2-bias", "mixtral-moe"])
     func ggufGivesTheSameLogits(name: String) throws {
         let reference = try Self.reference(name)
         let model = try Self.model(sharedModels.appendingPathComponent("\(name).f32.gguf").path)
