@@ -12,13 +12,34 @@ import Testing
         let greedy: [Int]
     }
 
+    /// Fixture JSON through Quill's own parser (Foundation's JSONSerialization on Linux has
+    /// crashed here when several tests parsed large files at once).
+    static func json(_ url: URL) throws -> StrictJSON { try Data(contentsOf: url).withUnsafeBytes { try StrictJSON.parse($0) } }
+
+    static func integers(_ value: StrictJSON?) -> [Int] {
+        guard case let .array(items)? = value else { return [] }
+        return items.compactMap { if case let .integer(i) = $0 { return i } else { return nil } }
+    }
+
+    static func floatRows(_ value: StrictJSON?) -> [[Float]] {
+        guard case let .array(rows)? = value else { return [] }
+        return rows.map { row in
+            guard case let .array(items) = row else { return [] }
+            return items.map { item -> Float in
+                switch item {
+                case let .number(d): return Float(d)
+                case let .integer(i): return Float(i)
+                default: return .nan
+                }
+            }
+        }
+    }
+
     static func reference(_ name: String) throws -> Reference {
         let folder = sharedModels.appendingPathComponent(name)
-        let logits = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("logits.json"))) as! [String: Any]
-        let greedy = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("greedy.json"))) as! [String: Any]
-        return Reference(prompt: logits["prompt_ids"] as! [Int],
-                         logits: (logits["logits"] as! [[NSNumber]]).map { $0.map(\.floatValue) },
-                         greedy: greedy["generated_ids"] as! [Int])
+        let logits = try json(folder.appendingPathComponent("logits.json"))
+        let greedy = try json(folder.appendingPathComponent("greedy.json"))
+        return Reference(prompt: integers(logits["prompt_ids"]), logits: floatRows(logits["logits"]), greedy: integers(greedy["generated_ids"]))
     }
 
     static func model(_ path: String) throws -> TransformerModel {
@@ -93,5 +114,64 @@ import Testing
         #expect(throws: ModelError.tokenOutOfRange(token: 512, vocabularySize: 512)) { try model.forward([1, 512], sequence: sequence, cache: cache) }
         #expect(throws: ModelError.tooManyTokens(count: 65, maximum: 64)) { try model.forward(Array(repeating: 1, count: 65), sequence: sequence, cache: cache) }
         #expect(throws: KVCacheError.self) { for _ in 0..<100 { _ = try model.forward(Array(repeating: 1, count: 60), sequence: sequence, cache: cache) } }
+    }
+}
+
+/// Mamba against transformers: full-sequence logits, token by token from a restored
+/// snapshot, the greedy continuation (with its logits), and the GGUF export.
+@Suite struct MambaParityTests {
+    static func model(_ path: String) throws -> MambaModel {
+        try MambaModel(files: ModelFiles.load(path), context: ComputeContext(threads: 2), maximumTokens: 64)
+    }
+
+    @Test(arguments: ["mamba", "mamba.f32.gguf"])
+    func fullSequenceLogits(name: String) throws {
+        let reference = try TransformerParityTests.reference("mamba")
+        let model = try Self.model(sharedModels.appendingPathComponent(name).path)
+        var state = model.makeState()
+        let logits = try model.forward(reference.prompt, state: &state, allLogits: true)
+        let vocabulary = model.configuration.vocabularySize
+        var worst: Float = 0
+        for (position, row) in reference.logits.enumerated() {
+            worst = max(worst, TransformerParityTests.maximumDifference(logits[position * vocabulary..<(position + 1) * vocabulary], row))
+        }
+        print("PARITY \(name): max |logit difference| over all 20 positions \(worst)")
+        #expect(worst <= 1e-4)
+    }
+
+    @Test func stepByStepFromASnapshotEqualsFullSequence() throws {
+        let reference = try TransformerParityTests.reference("mamba")
+        let model = try Self.model(sharedModels.appendingPathComponent("mamba").path)
+        var state = model.makeState()
+        _ = try model.forward(Array(reference.prompt[..<7]), state: &state)
+        let snapshot = state
+        _ = try model.forward([5, 6, 7], state: &state)  // a detour, then roll back
+        state = snapshot
+        #expect(state.length == 7)
+        for position in 7..<reference.prompt.count {
+            let logits = try model.forward([reference.prompt[position]], state: &state)
+            #expect(TransformerParityTests.maximumDifference(logits[...], reference.logits[position]) <= 1e-4, "position \(position)")
+        }
+    }
+
+    @Test func greedyContinuationAndItsLogits() throws {
+        let folder = sharedModels.appendingPathComponent("mamba")
+        // generated_logits[step]: the logit transformers gave the token it chose at that step.
+        guard case let .array(values)? = try TransformerParityTests.json(folder.appendingPathComponent("greedy.json"))["generated_logits"] else {
+            Issue.record("no generated_logits"); return
+        }
+        let chosenLogits = values.map { value -> Float in if case let .number(d) = value { Float(d) } else { .nan } }
+        let reference = try TransformerParityTests.reference("mamba")
+        let model = try Self.model(folder.path)
+        var state = model.makeState()
+        var logits = try model.forward(reference.prompt, state: &state)
+        var generated: [Int] = []
+        for step in 0..<reference.greedy.count {
+            let next = logits.withUnsafeBufferPointer { Kernels.argmax($0)! }
+            #expect(abs(logits[next] - chosenLogits[step]) <= 1e-4, "step \(step): \(logits[next]) vs \(chosenLogits[step])")
+            generated.append(next)
+            logits = try model.forward([next], state: &state)
+        }
+        #expect(generated == reference.greedy)
     }
 }

@@ -1,0 +1,171 @@
+import Foundation
+
+/// A sequence's recurrent state in a Mamba model: per layer, the last kernel−1 convolution
+/// inputs and the SSM state. Small and fixed-size whatever the sequence length, so it can be
+/// snapshotted and restored (speculative decoding rolls it back this way).
+public struct MambaState: Sendable, Equatable {
+    /// [layers][inner × (kernel − 1)], oldest input first.
+    var convolution: [[Float]]
+    /// [layers][inner × state].
+    var ssm: [[Float]]
+    /// Tokens consumed.
+    public internal(set) var length = 0
+}
+
+/// A Mamba selective state-space model (`model_type` `mamba`), following transformers'
+/// reference implementation: in_proj → (x, z); causal depthwise conv1d + SiLU on x;
+/// x_proj → (dt, B, C); dt = softplus(dt_proj(dt)); h = exp(dt·A)·h + dt·B·x; y = C·h + D·x;
+/// y · silu(z) → out_proj, added to the residual. Buffers are allocated once.
+public final class MambaModel {
+    public let configuration: MambaConfiguration
+    public let context: ComputeContext
+    public let maximumTokens: Int
+
+    struct Layer {
+        let norm: [Float]                    // [hidden]
+        let inProjection: Tensor             // [2·inner, hidden]
+        let convolution: [Float]             // [inner × kernel]
+        let convolutionBias: [Float]         // [inner] (zeros without bias)
+        let xProjection: Tensor              // [rank + 2·state, inner]
+        let dtProjection: Tensor             // [inner, rank]
+        let dtBias: [Float]                  // [inner]
+        let a: [Float]                       // [inner × state]: −exp(A_log)
+        let d: [Float]                       // [inner]
+        let outProjection: Tensor            // [hidden, inner]
+    }
+    let layers: [Layer]
+    let embedding: Tensor                    // [vocab, hidden]
+    let finalNorm: [Float]                   // [hidden]
+    let outputHead: Tensor                   // [vocab, hidden]
+
+    let hidden, normed, projected: FloatBuffer      // [n, hidden]
+    let xz: FloatBuffer                             // [n, 2·inner]
+    let x: FloatBuffer                              // [n, inner]: after conv + SiLU
+    let dtBC: FloatBuffer                           // [n, rank + 2·state]
+    let dtIn: FloatBuffer                           // [n, rank]
+    let dt: FloatBuffer                             // [n, inner]
+    let y: FloatBuffer                              // [n, inner]
+
+    public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
+        guard case let .mamba(c) = files.configuration else {
+            throw ConfigurationError.invalidValue(path: files.weights.path, key: "model_type", detail: "not mamba")
+        }
+        configuration = c
+        self.context = context
+        self.maximumTokens = maximumTokens
+        let w = files.weights, h = c.hiddenSize, inner = c.innerSize, state = c.stateSize, rank = c.timeStepRank
+        layers = try (0..<c.layerCount).map { i in
+            let p = "backbone.layers.\(i)."
+            let conv = try w.tensor(p + "mixer.conv1d.weight")
+            guard conv.elementCount == inner * c.convolutionKernel else {
+                throw ModelFileError.invalidTensor(path: w.path, tensor: conv.name, detail: "shape \(conv.shape), expected \(inner) × \(c.convolutionKernel)")
+            }
+            // Checkpoints hold A_log; GGUF holds A = −exp(A_log) itself.
+            let a: [Float] = w.contains(p + "mixer.A_log")
+                ? try w.tensor(p + "mixer.A_log", shape: [inner, state]).floats().map { -Foundation.exp($0) }
+                : try w.tensor(p + "mixer.A", shape: [inner, state]).floats()
+            return Layer(
+                norm: try w.tensor(p + "norm.weight", shape: [h]).floats(),
+                inProjection: try w.tensor(p + "mixer.in_proj.weight", shape: [2 * inner, h]),
+                convolution: conv.floats(),
+                convolutionBias: c.useConvolutionBias ? try w.tensor(p + "mixer.conv1d.bias", shape: [inner]).floats() : [Float](repeating: 0, count: inner),
+                xProjection: try w.tensor(p + "mixer.x_proj.weight", shape: [rank + 2 * state, inner]),
+                dtProjection: try w.tensor(p + "mixer.dt_proj.weight", shape: [inner, rank]),
+                dtBias: try w.tensor(p + "mixer.dt_proj.bias", shape: [inner]).floats(),
+                a: a,
+                d: try w.tensor(p + "mixer.D", shape: [inner]).floats(),
+                outProjection: try w.tensor(p + "mixer.out_proj.weight", shape: [h, inner]))
+        }
+        guard !c.useBias else {
+            throw ConfigurationError.invalidValue(path: w.path, key: "use_bias", detail: "in_proj/out_proj biases are not supported")
+        }
+        embedding = try w.tensor("backbone.embeddings.weight", shape: [c.vocabularySize, h])
+        finalNorm = try w.tensor("backbone.norm_f.weight", shape: [h]).floats()
+        outputHead = c.tieWordEmbeddings ? embedding : try w.tensor("lm_head.weight", shape: [c.vocabularySize, h])
+        let n = maximumTokens
+        hidden = try FloatBuffer(rows: n, columns: h)
+        normed = try FloatBuffer(rows: n, columns: h)
+        projected = try FloatBuffer(rows: n, columns: h)
+        xz = try FloatBuffer(rows: n, columns: 2 * inner)
+        x = try FloatBuffer(rows: n, columns: inner)
+        dtBC = try FloatBuffer(rows: n, columns: rank + 2 * state)
+        dtIn = try FloatBuffer(rows: n, columns: rank)
+        dt = try FloatBuffer(rows: n, columns: inner)
+        y = try FloatBuffer(rows: n, columns: inner)
+    }
+
+    /// A fresh state (zeros) for a new sequence.
+    public func makeState() -> MambaState {
+        let c = configuration
+        return MambaState(convolution: Array(repeating: [Float](repeating: 0, count: c.innerSize * (c.convolutionKernel - 1)), count: c.layerCount),
+                          ssm: Array(repeating: [Float](repeating: 0, count: c.innerSize * c.stateSize), count: c.layerCount))
+    }
+
+    /// Runs `tokens` after `state` (which advances) and returns logits for every token
+    /// (`allLogits`) or the last one: [count][vocabulary] floats.
+    public func forward(_ tokens: [Int], state: inout MambaState, allLogits: Bool = false) throws -> [Float] {
+        let c = configuration
+        let n = tokens.count
+        guard n > 0 else { return [] }
+        guard n <= maximumTokens else { throw ModelError.tooManyTokens(count: n, maximum: maximumTokens) }
+        for token in tokens where token < 0 || token >= c.vocabularySize {
+            throw ModelError.tokenOutOfRange(token: token, vocabularySize: c.vocabularySize)
+        }
+        let inner = c.innerSize, states = c.stateSize, rank = c.timeStepRank, kernel = c.convolutionKernel
+        for (i, token) in tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(i)) }
+        for (index, layer) in layers.enumerated() {
+            try Kernels.rmsNorm(hidden, weight: layer.norm, epsilon: c.normEpsilon, rows: n, output: normed)
+            try Kernels.matmul(weight: layer.inProjection, input: normed, rows: n, output: xz, context: context)
+            // Causal depthwise convolution over x, token by token, through the state window.
+            var window = state.convolution[index]
+            for t in 0..<n {
+                let input = xz.row(t), output = x.row(t)
+                for channel in 0..<inner {
+                    let taps = channel * kernel
+                    var sum = layer.convolutionBias[channel]
+                    for j in 0..<(kernel - 1) { sum += layer.convolution[taps + j] * window[channel * (kernel - 1) + j] }
+                    sum += layer.convolution[taps + kernel - 1] * input[channel]
+                    output[channel] = sum / (1 + Foundation.exp(-sum))  // SiLU
+                    if kernel > 1 {  // shift the window left and append this input
+                        let base = channel * (kernel - 1)
+                        for j in 0..<(kernel - 2) { window[base + j] = window[base + j + 1] }
+                        window[base + kernel - 2] = input[channel]
+                    }
+                }
+            }
+            state.convolution[index] = window
+            try Kernels.matmul(weight: layer.xProjection, input: x, rows: n, output: dtBC, context: context)
+            for t in 0..<n { dtIn.row(t).update(from: dtBC.row(t), count: rank) }
+            try Kernels.matmul(weight: layer.dtProjection, input: dtIn, rows: n, output: dt, context: context)
+            // The selective scan.
+            var h = state.ssm[index]
+            for t in 0..<n {
+                let delta = dt.row(t), b = dtBC.row(t) + rank, cc = dtBC.row(t) + rank + states
+                let u = x.row(t), out = y.row(t), z = xz.row(t) + inner
+                for channel in 0..<inner {
+                    let raw = delta[channel] + layer.dtBias[channel]
+                    let step = raw > 20 ? raw : Foundation.log1p(Foundation.exp(raw))  // softplus, as torch (threshold 20)
+                    var accumulated: Float = 0
+                    for s in 0..<states {
+                        let index = channel * states + s
+                        h[index] = Foundation.exp(layer.a[index] * step) * h[index] + step * b[s] * u[channel]
+                        accumulated += h[index] * cc[s]
+                    }
+                    let gate = z[channel] / (1 + Foundation.exp(-z[channel]))
+                    out[channel] = (accumulated + u[channel] * layer.d[channel]) * gate
+                }
+            }
+            state.ssm[index] = h
+            try Kernels.matmul(weight: layer.outProjection, input: y, rows: n, output: projected, context: context)
+            try Kernels.add(hidden, projected, rows: n, output: hidden)
+        }
+        state.length += n
+        try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
+        let first = allLogits ? 0 : n - 1, rows = n - first
+        let selected = try FloatBuffer(rows: rows, columns: c.hiddenSize)
+        selected.pointer.update(from: normed.row(first), count: rows * c.hiddenSize)
+        let logits = try FloatBuffer(rows: rows, columns: c.vocabularySize)
+        try Kernels.matmul(weight: outputHead, input: selected, rows: rows, output: logits, context: context)
+        return logits.values()
+    }
+}
