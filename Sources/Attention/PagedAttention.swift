@@ -12,8 +12,9 @@ public enum PagedAttention {
     /// keys 0 ... that position of `sequence` in `layer` (only the last `window` of them
     /// with a sliding window). Rows hold `heads × headDimension` floats, head h using key/
     /// value head h / (heads / keyValueHeads). The keys of the new positions must already
-    /// be written. Parallel over key/value heads and query tiles.
-    public static func attend(queries: FloatBuffer, rows n: Int, firstPosition: Int, cache: PagedKVCache,
+    /// be written. `firstRow` selects where in the buffers this sequence's rows start (a
+    /// batch holds several sequences' rows). Parallel over key/value heads and query tiles.
+    public static func attend(queries: FloatBuffer, firstRow: Int = 0, rows n: Int, firstPosition: Int, cache: PagedKVCache,
                               sequence: SequenceID, layer: Int, window: Int? = nil, scale: Float? = nil,
                               output: FloatBuffer, context: ComputeContext) throws {
         let c = cache.configuration
@@ -26,7 +27,8 @@ public enum PagedAttention {
             throw TensorError.shapeMismatch(operation: operation,
                                             detail: "query rows of \(queries.columns) floats are not a multiple of \(c.keyValueHeads) heads × \(d)")
         }
-        guard output.columns == queries.columns, n >= 0, n <= queries.rows, n <= output.rows, firstPosition >= 0 else {
+        guard output.columns == queries.columns, n >= 0, firstRow >= 0, firstRow + n <= queries.rows, firstRow + n <= output.rows,
+              firstPosition >= 0 else {
             throw TensorError.shapeMismatch(operation: operation, detail: "\(n) rows, queries \(queries.rows)×\(queries.columns), output \(output.rows)×\(output.columns)")
         }
         if let window, window < 1 { throw TensorError.invalidArgument(operation: operation, detail: "window \(window) must be ≥ 1") }
@@ -46,7 +48,7 @@ public enum PagedAttention {
             context.pool.parallelFor(c.keyValueHeads * tiles) { task in
                 let head = task / tiles, tile = task % tiles
                 let first = tile * queryTile, count = min(queryTile, n - first)
-                let offset = first * queries.columns + head * group * d
+                let offset = (firstRow + first) * queries.columns + head * group * d
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: scratchCount) { scratch in
                     quill_attention_paged(queries.pointer + offset, output.pointer + offset, rowStride, Int64(count), Int64(group), Int64(d),
                                           cache.run(block: 0, layer: layer, head: head, values: false),

@@ -1,5 +1,19 @@
 import Foundation
 
+/// New tokens for one sequence in a (batched) forward step.
+public struct SequenceChunk: Sendable {
+    public var sequence: SequenceID
+    public var tokens: [Int]
+    /// Logits for every token (prefill scoring, speculative verification) or just the last.
+    public var allLogits: Bool
+
+    public init(sequence: SequenceID, tokens: [Int], allLogits: Bool = false) {
+        self.sequence = sequence
+        self.tokens = tokens
+        self.allLogits = allLogits
+    }
+}
+
 /// Why a forward pass was refused.
 public enum ModelError: Error, Equatable, CustomStringConvertible {
     case tokenOutOfRange(token: Int, vocabularySize: Int)
@@ -173,24 +187,42 @@ public final class TransformerModel {
     /// returns logits: for every new token (`allLogits`) or only the last one.
     /// Output: [tokens.count or 1][vocabulary] floats, row-major.
     public func forward(_ tokens: [Int], sequence: SequenceID, cache: PagedKVCache, allLogits: Bool = false) throws -> [Float] {
+        try forward([SequenceChunk(sequence: sequence, tokens: tokens, allLogits: allLogits)], cache: cache)[0]
+    }
+
+    /// One step over several sequences at once: every weight matrix is read once for all
+    /// their rows (a decode step of N sequences is a matrix × matrix, not N matrix × vector
+    /// passes); RoPE, the KV writes and attention run per sequence. Returns each chunk's
+    /// logits ([rows][vocabulary], rows = its token count or 1).
+    public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) throws -> [[Float]] {
         let c = configuration
-        let n = tokens.count
-        guard n > 0 else { return [] }
+        let n = chunks.reduce(0) { $0 + $1.tokens.count }
         guard n <= maximumTokens else { throw ModelError.tooManyTokens(count: n, maximum: maximumTokens) }
         guard cache.configuration.layers == c.layerCount, cache.configuration.keyValueHeads == c.keyValueHeadCount,
               cache.configuration.headDimension == c.headDimension else {
             throw ModelError.cacheMismatch("\(cache.configuration) for \(c.layerCount) layers of \(c.keyValueHeadCount)×\(c.headDimension)")
         }
-        for token in tokens where token < 0 || token >= c.vocabularySize {
-            throw ModelError.tokenOutOfRange(token: token, vocabularySize: c.vocabularySize)
+        guard Set(chunks.map(\.sequence)).count == chunks.count else { throw ModelError.cacheMismatch("a sequence appears twice in one step") }
+        for chunk in chunks {
+            guard !chunk.tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: maximumTokens) }
+            for token in chunk.tokens where token < 0 || token >= c.vocabularySize {
+                throw ModelError.tokenOutOfRange(token: token, vocabularySize: c.vocabularySize)
+            }
         }
-        let start = try cache.length(of: sequence)
-        try cache.reserve(sequence, tokens: n)
+        // Where each chunk's rows start in the buffers, and its first position.
+        var rowStarts: [Int] = [], positions: [Int] = []
+        var row = 0
+        for chunk in chunks {
+            rowStarts.append(row)
+            positions.append(try cache.length(of: chunk.sequence))
+            row += chunk.tokens.count
+        }
+        for chunk in chunks { try cache.reserve(chunk.sequence, tokens: chunk.tokens.count) }
 
-        // Embedding rows (dequantized if the embedding is quantized).
-        for (i, token) in tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(i)) }
-        let frequencies = rope.inverseFrequencies(sequenceLength: start + n)
-        for (index, layer) in layers.enumerated() {
+        for (index, chunk) in chunks.enumerated() {
+            for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(rowStarts[index] + i)) }
+        }
+        for (layerIndex, layer) in layers.enumerated() {
             try Kernels.rmsNorm(hidden, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
             try Kernels.matmul(weight: layer.q, input: normed, rows: n, output: queries, context: context)
             try Kernels.matmul(weight: layer.k, input: normed, rows: n, output: keys, context: context)
@@ -198,14 +230,19 @@ public final class TransformerModel {
             try Kernels.addBias(queries, bias: layer.qBias, rows: n)
             try Kernels.addBias(keys, bias: layer.kBias, rows: n)
             try Kernels.addBias(values, bias: layer.vBias, rows: n)
-            for i in 0..<n {
-                rope.fillTables(position: start + i, frequencies: frequencies, cos: cosTable, sin: sinTable)
-                try rope.apply(to: queries.row(i), heads: c.headCount, headDimension: c.headDimension, cos: cosTable, sin: sinTable)
-                try rope.apply(to: keys.row(i), heads: c.keyValueHeadCount, headDimension: c.headDimension, cos: cosTable, sin: sinTable)
-                try cache.write(sequence, layer: index, position: start + i, keys: keys.row(i), values: values.row(i))
+            for (index, chunk) in chunks.enumerated() {
+                let start = positions[index], first = rowStarts[index]
+                let frequencies = rope.inverseFrequencies(sequenceLength: start + chunk.tokens.count)
+                for i in 0..<chunk.tokens.count {
+                    rope.fillTables(position: start + i, frequencies: frequencies, cos: cosTable, sin: sinTable)
+                    try rope.apply(to: queries.row(first + i), heads: c.headCount, headDimension: c.headDimension, cos: cosTable, sin: sinTable)
+                    try rope.apply(to: keys.row(first + i), heads: c.keyValueHeadCount, headDimension: c.headDimension, cos: cosTable, sin: sinTable)
+                    try cache.write(chunk.sequence, layer: layerIndex, position: start + i, keys: keys.row(first + i), values: values.row(first + i))
+                }
+                try PagedAttention.attend(queries: queries, firstRow: first, rows: chunk.tokens.count, firstPosition: start, cache: cache,
+                                          sequence: chunk.sequence, layer: layerIndex, window: c.slidingWindow, output: attentionOutput,
+                                          context: context)
             }
-            try PagedAttention.attend(queries: queries, rows: n, firstPosition: start, cache: cache, sequence: sequence,
-                                      layer: index, window: c.slidingWindow, output: attentionOutput, context: context)
             try Kernels.matmul(weight: layer.o, input: attentionOutput, rows: n, output: projected, context: context)
             try Kernels.addBias(projected, bias: layer.oBias, rows: n)
             try Kernels.add(hidden, projected, rows: n, output: hidden)
@@ -218,14 +255,56 @@ public final class TransformerModel {
                 try mixtureOfExperts(router: router, experts: experts, rows: n)
             }
         }
-        try cache.append(sequence, tokens: tokens)
+        for chunk in chunks { try cache.append(chunk.sequence, tokens: chunk.tokens) }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-        let first = allLogits ? 0 : n - 1
-        let rows = n - first
-        let selected = try FloatBuffer(rows: rows, columns: c.hiddenSize)
-        selected.pointer.update(from: normed.row(first), count: rows * c.hiddenSize)
-        let logits = try FloatBuffer(rows: rows, columns: c.vocabularySize)
-        try Kernels.matmul(weight: outputHead, input: selected, rows: rows, output: logits, context: context)
-        return logits.values()
+        // The rows whose logits were asked for, gathered for one output matmul.
+        var selectedRows: [Int] = []
+        for (index, chunk) in chunks.enumerated() {
+            let last = rowStarts[index] + chunk.tokens.count - 1
+            selectedRows += chunk.allLogits ? Array(rowStarts[index]...last) : [last]
+        }
+        let selected = try FloatBuffer(rows: selectedRows.count, columns: c.hiddenSize)
+        for (i, source) in selectedRows.enumerated() { selected.row(i).update(from: normed.row(source), count: c.hiddenSize) }
+        let logits = try FloatBuffer(rows: selectedRows.count, columns: c.vocabularySize)
+        try Kernels.matmul(weight: outputHead, input: selected, rows: selectedRows.count, output: logits, context: context)
+        var results: [[Float]] = []
+        var next = 0
+        for chunk in chunks {
+            let count = chunk.allLogits ? chunk.tokens.count : 1
+            results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * c.vocabularySize)))
+            next += count
+        }
+        return results
+    }
+
+    /// Logits for every position of `tokens` as a fresh sequence (evaluation and scoring),
+    /// processed in chunks of `maximumTokens`: [tokens.count][vocabulary].
+    public func logits(for tokens: [Int], cache: PagedKVCache) throws -> [Float] {
+        let sequence = cache.makeSequence()
+        defer { try? cache.release(sequence) }
+        var result: [Float] = []
+        result.reserveCapacity(tokens.count * configuration.vocabularySize)
+        var start = 0
+        while start < tokens.count {
+            let end = min(tokens.count, start + maximumTokens)
+            result += try forward(Array(tokens[start..<end]), sequence: sequence, cache: cache, allLogits: true)
+            start = end
+        }
+        return result
+    }
+
+    /// exp(mean negative log-likelihood) of each token given the ones before it.
+    public func perplexity(of tokens: [Int], cache: PagedKVCache) throws -> Double {
+        guard tokens.count >= 2 else { throw ModelError.tooManyTokens(count: tokens.count, maximum: 2) }
+        let logits = try self.logits(for: tokens, cache: cache)
+        let vocabulary = configuration.vocabularySize
+        var negativeLogLikelihood = 0.0
+        for position in 0..<(tokens.count - 1) {
+            let row = logits[position * vocabulary..<(position + 1) * vocabulary]
+            let maximum = Double(row.max()!)
+            let logSum = maximum + Foundation.log(row.reduce(0.0) { $0 + Foundation.exp(Double($1) - maximum) })
+            negativeLogLikelihood += logSum - Double(row[row.startIndex + tokens[position + 1]])
+        }
+        return Foundation.exp(negativeLogLikelihood / Double(tokens.count - 1))
     }
 }

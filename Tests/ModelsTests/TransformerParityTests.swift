@@ -175,3 +175,84 @@ import Testing
         #expect(generated == reference.greedy)
     }
 }
+
+@Suite struct TransformerAPITests {
+    /// Several sequences in one step give what each gives alone.
+    @Test func batchedStepEqualsSeparateSteps() throws {
+        let reference = try TransformerParityTests.reference("llama-gqa")
+        let path = sharedModels.appendingPathComponent("llama-gqa").path
+        let model = try TransformerParityTests.model(path)
+        let vocabulary = model.configuration.vocabularySize
+        let prompts = [Array(reference.prompt[..<5]), Array(reference.prompt[3..<14]), Array(reference.prompt[9...])]
+        // Alone.
+        var alone: [[Float]] = []
+        for prompt in prompts {
+            let cache = try model.makeCache(memoryBudget: 1 << 22, elementType: .f32)
+            let sequence = cache.makeSequence()
+            var logits = try model.forward(prompt, sequence: sequence, cache: cache, allLogits: true)
+            logits += try model.forward([7], sequence: sequence, cache: cache)
+            alone.append(logits)
+        }
+        // Together: one prefill step for all three, then one decode step of three rows.
+        let cache = try model.makeCache(memoryBudget: 1 << 22, elementType: .f32)
+        let sequences = prompts.map { _ in cache.makeSequence() }
+        let prefill = try model.forward(zip(sequences, prompts).map { SequenceChunk(sequence: $0, tokens: $1, allLogits: true) }, cache: cache)
+        let decode = try model.forward(sequences.map { SequenceChunk(sequence: $0, tokens: [7]) }, cache: cache)
+        for i in 0..<3 {
+            let together = prefill[i] + decode[i]
+            #expect(together.count == (prompts[i].count + 1) * vocabulary)
+            #expect(zip(together, alone[i]).allSatisfy { abs($0 - $1) <= 1e-5 }, "sequence \(i)")
+        }
+        #expect(throws: ModelError.self) {
+            try model.forward([SequenceChunk(sequence: sequences[0], tokens: [1]), SequenceChunk(sequence: sequences[0], tokens: [2])], cache: cache)
+        }
+    }
+
+    @Test func logitsInChunksAndPerplexity() throws {
+        let reference = try TransformerParityTests.reference("qwen2-bias")
+        let model = try TransformerModel(files: ModelFiles.load(sharedModels.appendingPathComponent("qwen2-bias").path),
+                                         context: ComputeContext(threads: 2), maximumTokens: 8)
+        let cache = try model.makeCache(memoryBudget: 1 << 22, elementType: .f32)
+        let logits = try model.logits(for: reference.prompt, cache: cache)  // 20 tokens in chunks of 8
+        let vocabulary = model.configuration.vocabularySize
+        for (position, row) in reference.logits.enumerated() {
+            #expect(TransformerParityTests.maximumDifference(logits[position * vocabulary..<(position + 1) * vocabulary], row) <= 1e-4)
+        }
+        // Perplexity from the reference logits, in float64.
+        var nll = 0.0
+        for position in 0..<(reference.prompt.count - 1) {
+            let row = reference.logits[position].map(Double.init), m = row.max()!
+            nll += m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[reference.prompt[position + 1]]
+        }
+        let expected = exp(nll / Double(reference.prompt.count - 1))
+        let perplexity = try model.perplexity(of: reference.prompt, cache: cache)
+        #expect(abs(perplexity - expected) <= 1e-4 * expected, "\(perplexity) vs \(expected)")
+        #expect(cache.availableBlockCount == cache.blockCount)
+    }
+
+    /// Q8_0 weights change the next-token distribution by a small, stated amount.
+    @Test(arguments: ["llama-gqa", "mixtral-moe"])
+    func q8QuantizationKLDivergence(name: String) throws {
+        let path = sharedModels.appendingPathComponent(name).path
+        let reference = try TransformerParityTests.reference(name)
+        let f32 = try TransformerParityTests.model(path)
+        let q8 = try TransformerModel(files: ModelFiles.load(path, options: LoadOptions(quantization: .q8_0)),
+                                      context: ComputeContext(threads: 2), maximumTokens: 64)
+        let vocabulary = f32.configuration.vocabularySize
+        let a = try f32.logits(for: reference.prompt, cache: f32.makeCache(memoryBudget: 1 << 22, elementType: .f32))
+        let b = try q8.logits(for: reference.prompt, cache: q8.makeCache(memoryBudget: 1 << 22, elementType: .f32))
+        func distribution(_ row: ArraySlice<Float>) -> [Double] {
+            let m = Double(row.max()!), e = row.map { exp(Double($0) - m) }, total = e.reduce(0, +)
+            return e.map { $0 / total }
+        }
+        var divergences: [Double] = []
+        for position in 0..<reference.prompt.count {
+            let p = distribution(a[position * vocabulary..<(position + 1) * vocabulary])
+            let q = distribution(b[position * vocabulary..<(position + 1) * vocabulary])
+            divergences.append(zip(p, q).reduce(0) { $0 + $1.0 * log($1.0 / $1.1) })
+        }
+        let mean = divergences.reduce(0, +) / Double(divergences.count), maximum = divergences.max()!
+        print("KL \(name) Q8_0 vs F32 next-token distribution: mean \(mean), max \(maximum)")
+        #expect(maximum < 1e-3)
+    }
+}
