@@ -19,6 +19,7 @@ let package = Package(
             linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]
         ),
         .executableTarget(name: "files-bench", dependencies: [.product(name: "Quill", package: "Quill")]),
+        .executableTarget(name: "model-bench", dependencies: [.product(name: "Quill", package: "Quill"), "CBenchSupport"]),
         .executableTarget(name: "attention-bench", dependencies: [.product(name: "Quill", package: "Quill"), "CBenchSupport"]),
     ],
     swiftLanguageModes: [.v6]
