@@ -25,6 +25,7 @@ static void exp_scalar(float *x, int64_t n) { for (int64_t i = 0; i < n; i++) x[
 
 #ifdef QUILL_X86
 #include <immintrin.h>
+#include "avx2_math.h"
 void quill_exp_avx2(float *x, int64_t n);
 
 #define LOAD_F32(p) _mm256_loadu_ps((const float *)(p))
@@ -93,6 +94,36 @@ void quill_exp_avx2(float *x, int64_t n);
         }                                                                                                  \
     }
 
+// A full block of 16 scores: exponentiate against the new running maximum and return their
+// sum (s becomes the weights); the maximum and sum reductions stay in vector registers.
+static QUILL_AVX2 float full_block_weights_avx2(float *s, float running_max, float *new_max_out) {
+    __m256 lo = _mm256_loadu_ps(s), hi = _mm256_loadu_ps(s + 8);
+    __m256 m = _mm256_max_ps(lo, hi);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float tile_max = _mm_cvtss_f32(m4);
+    const float new_max = tile_max > running_max ? tile_max : running_max;
+    const __m256 vm = _mm256_set1_ps(new_max);
+    lo = exp256(_mm256_sub_ps(lo, vm));
+    hi = exp256(_mm256_sub_ps(hi, vm));
+    _mm256_storeu_ps(s, lo);
+    _mm256_storeu_ps(s + 8, hi);
+    const __m256 sum = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    *new_max_out = new_max;
+    return _mm_cvtss_f32(s4);
+}
+
+static QUILL_AVX2 void scale_avx2(float *a, float c, int64_t d) {
+    const __m256 vc = _mm256_set1_ps(c);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) _mm256_storeu_ps(a + i, _mm256_mul_ps(_mm256_loadu_ps(a + i), vc));
+    for (; i < d; i++) a[i] *= c;
+}
+
 BLOCK_SCORES(block_scores_f32_avx2, float, LOAD_F32)
 BLOCK_SCORES(block_scores_f16_avx2, uint16_t, LOAD_F16)
 BLOCK_PV(block_pv_f32_avx2, float, LOAD_F32)
@@ -154,19 +185,31 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
             for (int64_t g = 0; g < group; g++) {
                 const int64_t r = qi * group + g;
                 float *s = scores + g * bs + first;  // the visible keys of this block
-                float tile_max = s[0];
-                for (int64_t j = 1; j < count; j++) tile_max = s[j] > tile_max ? s[j] : tile_max;
-                const float new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+                float new_max, tile_sum = 0;
+#ifdef QUILL_X86
+                if (vector && count == 16) {
+                    tile_sum = full_block_weights_avx2(s, running_max[r], &new_max);
+                } else
+#endif
+                {
+                    float tile_max = s[0];
+                    for (int64_t j = 1; j < count; j++) tile_max = s[j] > tile_max ? s[j] : tile_max;
+                    new_max = tile_max > running_max[r] ? tile_max : running_max[r];
+                    for (int64_t j = 0; j < count; j++) s[j] -= new_max;
+                    expv(s, count);
+                    for (int64_t j = 0; j < count; j++) tile_sum += s[j];
+                }
                 // Rescale what was accumulated under the old maximum (exp(-inf) = 0 at first).
                 const float correction = expf(running_max[r] - new_max);
-                for (int64_t j = 0; j < count; j++) s[j] -= new_max;
-                expv(s, count);
-                float tile_sum = 0;
-                for (int64_t j = 0; j < count; j++) tile_sum += s[j];
                 running_sum[r] = running_sum[r] * correction + tile_sum;
                 running_max[r] = new_max;
                 float *a = acc + r * d;
-                if (correction != 1.0f) for (int64_t i = 0; i < d; i++) a[i] *= correction;
+                if (correction != 1.0f) {
+#ifdef QUILL_X86
+                    if (vector) scale_avx2(a, correction, d); else
+#endif
+                    for (int64_t i = 0; i < d; i++) a[i] *= correction;
+                }
                 const void *rows_v = (const uint8_t *)(const void *)v + first * d * element;
 #ifdef QUILL_X86
                 if (vector) {
