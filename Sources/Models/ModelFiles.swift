@@ -99,7 +99,7 @@ public struct ModelFiles: Sendable {
     public static func load(_ path: String, options: LoadOptions = LoadOptions()) throws -> ModelFiles {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw ModelFileError.invalidHeader(path: path, detail: "no such file or folder")
+            throw TensorError.file(path: path, reason: "no such file or folder")
         }
         options.progress?(LoadProgress(stage: "mapping", completed: 0, total: 1))
         var files = isDirectory.boolValue ? try loadFolder(path) : try loadGGUF(path)
