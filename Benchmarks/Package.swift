@@ -9,6 +9,7 @@ let package = Package(
     dependencies: [.package(name: "Quill", path: "..")],
     targets: [
         .target(name: "CBenchSupport"),
+        .target(name: "BenchKit", dependencies: ["CBenchSupport", .product(name: "Quill", package: "Quill")]),
         .systemLibrary(name: "CBenchBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .executableTarget(
             name: "tensorcore-bench",
@@ -18,9 +19,9 @@ let package = Package(
             ],
             linkerSettings: [.linkedFramework("Accelerate", .when(platforms: [.macOS]))]
         ),
-        .executableTarget(name: "files-bench", dependencies: [.product(name: "Quill", package: "Quill")]),
-        .executableTarget(name: "model-bench", dependencies: [.product(name: "Quill", package: "Quill"), "CBenchSupport"]),
-        .executableTarget(name: "attention-bench", dependencies: [.product(name: "Quill", package: "Quill"), "CBenchSupport"]),
+        .executableTarget(name: "files-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
+        .executableTarget(name: "model-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
+        .executableTarget(name: "attention-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
     ],
     swiftLanguageModes: [.v6]
 )

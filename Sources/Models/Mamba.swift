@@ -161,11 +161,6 @@ public final class MambaModel {
         }
         state.length += n
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
-        let first = allLogits ? 0 : n - 1, rows = n - first
-        let selected = try FloatBuffer(rows: rows, columns: c.hiddenSize)
-        selected.pointer.update(from: normed.row(first), count: rows * c.hiddenSize)
-        let logits = try FloatBuffer(rows: rows, columns: c.vocabularySize)
-        try Kernels.matmul(weight: outputHead, input: selected, rows: rows, output: logits, context: context)
-        return logits.values()
+        return try outputLogits(normed, rows: Array((allLogits ? 0 : n - 1)..<n), head: outputHead, context: context).values()
     }
 }

@@ -166,6 +166,16 @@ public struct ModelFiles: Sendable {
     }
 }
 
+/// Logits for the given rows of `normed` (gathered: a batch's last rows are not contiguous)
+/// through the output head: [rows.count][vocabulary].
+func outputLogits(_ normed: FloatBuffer, rows: [Int], head: Tensor, context: ComputeContext) throws -> FloatBuffer {
+    let selected = try FloatBuffer(rows: rows.count, columns: normed.columns)
+    for (i, source) in rows.enumerated() { selected.row(i).update(from: normed.row(source), count: normed.columns) }
+    let logits = try FloatBuffer(rows: rows.count, columns: head.rows)
+    try Kernels.matmul(weight: head, input: selected, rows: rows.count, output: logits, context: context)
+    return logits
+}
+
 func orderedUnique(_ values: [Int]) -> [Int] {
     var seen = Set<Int>()
     return values.filter { seen.insert($0).inserted }

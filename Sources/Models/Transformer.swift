@@ -263,10 +263,7 @@ public final class TransformerModel {
             let last = rowStarts[index] + chunk.tokens.count - 1
             selectedRows += chunk.allLogits ? Array(rowStarts[index]...last) : [last]
         }
-        let selected = try FloatBuffer(rows: selectedRows.count, columns: c.hiddenSize)
-        for (i, source) in selectedRows.enumerated() { selected.row(i).update(from: normed.row(source), count: c.hiddenSize) }
-        let logits = try FloatBuffer(rows: selectedRows.count, columns: c.vocabularySize)
-        try Kernels.matmul(weight: outputHead, input: selected, rows: selectedRows.count, output: logits, context: context)
+        let logits = try outputLogits(normed, rows: selectedRows, head: outputHead, context: context)
         var results: [[Float]] = []
         var next = 0
         for chunk in chunks {

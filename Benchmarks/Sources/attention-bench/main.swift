@@ -5,46 +5,18 @@
 //  3. KV memory held by the paged cache vs contiguous max-length allocation.
 //
 //   swift run -c release attention-bench [--threads 2]
-import CBenchSupport
+import BenchKit
 import Foundation
 import Quill
 
-func seconds() -> Double {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
-}
-func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
-let arguments = CommandLine.arguments
-let threads = arguments.firstIndex(of: "--threads").flatMap { Int(arguments[$0 + 1]) } ?? 2
+let threads = Int(option("--threads", "2"))!
 let context = try ComputeContext(threads: threads)
-
-/// Best of one and four interleaved streams per thread over 1 GiB.
-@MainActor func bandwidth() -> Double {
-    let count = 256 << 20
-    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
-    defer { buffer.deallocate() }
-    buffer.initialize(repeating: 1, count: count)
-    let sink = UnsafeMutablePointer<Float>.allocate(capacity: threads)
-    defer { sink.deallocate() }
-    var best = 0.0
-    for streams in [1, 4] {
-        for _ in 0..<3 {
-            let start = seconds()
-            context.pool.parallelFor(threads) { t in
-                sink[t] = bench_stream_sum_interleaved(buffer + t * (count / threads), Int64(count / threads), Int32(streams))
-            }
-            best = max(best, Double(count * 4) / (seconds() - start) / 1e9)
-        }
-    }
-    return best
-}
 
 // MARK: 1. Decode
 
 let layers = 22, kvHeads = 4, heads = 32, d = 64
-let measured = bandwidth()
+let measured = measureBandwidth(pool: context.pool)
 print(String(format: "DRAM read bandwidth, %d threads: %.1f GB/s", threads, measured))
 print("decode attention, \(layers) layers, \(heads) heads / \(kvHeads) KV heads of \(d), F16 KV, \(threads) threads:")
 for length in [256, 1024, 2048, 4096, 8192] {

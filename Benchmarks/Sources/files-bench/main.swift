@@ -6,22 +6,11 @@
 //     vocabularies (Benchmarks/tokenizer_speed.py makes them), with the ids compared.
 //
 //   swift run -c release files-bench [--work /tmp/quill-files-bench] [--tokenizers /tmp/quill-tokenizer-bench]
+import BenchKit
 import Foundation
 import Quill
 
-func seconds() -> Double {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return Double(time.tv_sec) + Double(time.tv_nsec) * 1e-9
-}
 
-func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-
-let arguments = CommandLine.arguments
-func option(_ name: String, _ fallback: String) -> String {
-    guard let index = arguments.firstIndex(of: name), index + 1 < arguments.count else { return fallback }
-    return arguments[index + 1]
-}
 let work = URL(fileURLWithPath: option("--work", "/tmp/quill-files-bench"))
 let tokenizerWork = URL(fileURLWithPath: option("--tokenizers", "/tmp/quill-tokenizer-bench"))
 let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -32,45 +21,12 @@ let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().del
 /// The tensors of a Llama-shaped model (hidden 2048, MLP 5632, 4 KV heads of 64) with as
 /// many layers as fit in about 1 GB of F16.
 let hidden = 2048, mlp = 5632, kvDimension = 256, vocabulary = 32000, layers = 9
-let shapes: [(String, [Int])] = {
-    var shapes: [(String, [Int])] = [("model.embed_tokens.weight", [vocabulary, hidden]), ("model.norm.weight", [hidden]),
-                                     ("lm_head.weight", [vocabulary, hidden])]
-    for l in 0..<layers {
-        let p = "model.layers.\(l)."
-        shapes += [(p + "input_layernorm.weight", [hidden]), (p + "post_attention_layernorm.weight", [hidden]),
-                   (p + "self_attn.q_proj.weight", [hidden, hidden]), (p + "self_attn.k_proj.weight", [kvDimension, hidden]),
-                   (p + "self_attn.v_proj.weight", [kvDimension, hidden]), (p + "self_attn.o_proj.weight", [hidden, hidden]),
-                   (p + "mlp.gate_proj.weight", [mlp, hidden]), (p + "mlp.up_proj.weight", [mlp, hidden]),
-                   (p + "mlp.down_proj.weight", [hidden, mlp])]
-    }
-    return shapes
-}()
+let shapes = llamaTensors(hidden: hidden, mlp: mlp, kvDimension: kvDimension, vocabulary: vocabulary, layers: layers)
 let totalBytes = shapes.reduce(0) { $0 + $1.1.reduce(2, *) }
-
-func writeFile(_ url: URL, header: [UInt8], payload: Int) throws {
-    _ = FileManager.default.createFile(atPath: url.path, contents: nil)
-    let handle = try FileHandle(forWritingTo: url)
-    defer { try? handle.close() }
-    try handle.write(contentsOf: header)
-    let chunk = Data(repeating: 0x3C, count: 1 << 24)  // fp16 1.0-ish values
-    var left = payload
-    while left > 0 { let n = min(left, chunk.count); try handle.write(contentsOf: chunk.prefix(n)); left -= n }
-}
 
 func makeSafetensorsFolder(_ folder: URL) throws {
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    var offset = 0
-    var entries: [String] = []
-    for (name, shape) in shapes {
-        let bytes = shape.reduce(2, *)
-        entries.append("\"\(name)\":{\"dtype\":\"F16\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + bytes)]}")
-        offset += bytes
-    }
-    var json = Array(("{" + entries.joined(separator: ",") + "}").utf8)
-    while json.count % 8 != 0 { json.append(0x20) }
-    var header = [UInt8](repeating: 0, count: 8)
-    withUnsafeBytes(of: UInt64(json.count).littleEndian) { header.replaceSubrange(0..<8, with: $0) }
-    try writeFile(folder.appendingPathComponent("model.safetensors"), header: header + json, payload: offset)
+    try writeSafetensors(folder.appendingPathComponent("model.safetensors"), tensors: shapes)
     let config = """
     {"model_type":"llama","hidden_size":\(hidden),"intermediate_size":\(mlp),"num_hidden_layers":\(layers),
      "num_attention_heads":32,"num_key_value_heads":4,"vocab_size":\(vocabulary),"rms_norm_eps":1e-5,"rope_theta":10000.0}
@@ -81,6 +37,16 @@ func makeSafetensorsFolder(_ folder: URL) throws {
         try? FileManager.default.removeItem(at: folder.appendingPathComponent(file))
         try FileManager.default.copyItem(at: source, to: folder.appendingPathComponent(file))
     }
+}
+
+func writeFile(_ url: URL, header: [UInt8], payload: Int) throws {
+    _ = FileManager.default.createFile(atPath: url.path, contents: nil)
+    let handle = try FileHandle(forWritingTo: url)
+    defer { try? handle.close() }
+    try handle.write(contentsOf: header)
+    let chunk = Data(repeating: 0x3C, count: 1 << 24)  // fp16 1.0-ish values
+    var left = payload
+    while left > 0 { let n = min(left, chunk.count); try handle.write(contentsOf: chunk.prefix(n)); left -= n }
 }
 
 /// A GGUF with the same tensors (llama.cpp names) and the fixture SentencePiece vocabulary.
