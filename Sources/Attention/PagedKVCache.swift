@@ -166,6 +166,13 @@ public final class PagedKVCache {
         return state
     }
 
+    /// Changes a sequence's state where it is stored: a copy would make copy-on-write
+    /// duplicate its token array on every append (quadratic over a long generation).
+    func modify<T>(_ sequence: SequenceID, _ body: (inout Sequence) throws -> T) throws -> T {
+        guard sequences[sequence.rawValue] != nil else { throw KVCacheError.unknownSequence(sequence.rawValue) }
+        return try body(&sequences[sequence.rawValue]!)
+    }
+
     // MARK: - Sequences
 
     /// A new, empty sequence.
@@ -202,41 +209,51 @@ public final class PagedKVCache {
     /// Makes room for `count` more tokens (allocating blocks, copying a shared last block
     /// before it is written). Throws `outOfBlocks` and changes nothing when the pool cannot.
     public func reserve(_ sequence: SequenceID, tokens count: Int) throws {
-        var state = try self.state(sequence)
+        let state = try self.state(sequence)
         guard count > 0 else { return }
         let size = configuration.blockSize
-        let needed = (state.length + count + size - 1) / size - state.blocks.count
+        let needed = max((state.length + count + size - 1) / size - state.blocks.count, 0)
         let lastIsShared = state.length % size != 0 && !isPrivate(state.blocks[state.blocks.count - 1])
-        let total = max(needed, 0) + (lastIsShared ? 1 : 0)
+        let total = needed + (lastIsShared ? 1 : 0)
         guard total <= availableBlockCount else { throw KVCacheError.outOfBlocks(needed: total, available: availableBlockCount) }
+        var replacement: Int?
         if lastIsShared {
             let shared = state.blocks[state.blocks.count - 1]
             let copy = takeBlock()
             copyBlock(shared, to: copy)
             release(block: shared)
-            state.blocks[state.blocks.count - 1] = copy
+            replacement = copy
         }
-        for _ in 0..<max(needed, 0) { state.blocks.append(takeBlock()) }
-        sequences[sequence.rawValue] = state
+        var added: [Int] = []
+        for _ in 0..<needed { added.append(takeBlock()) }
+        try modify(sequence) { state in
+            if let replacement { state.blocks[state.blocks.count - 1] = replacement }
+            state.blocks += added
+        }
     }
 
     /// Records that `tokens` were written at the end of `sequence` (after `reserve` and the
     /// attention layers' writes); full blocks enter the prefix cache.
     public func append(_ sequence: SequenceID, tokens: [Int]) throws {
-        var state = try self.state(sequence)
         let size = configuration.blockSize
-        guard state.length + tokens.count <= state.blocks.count * size else {
-            throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: state.length + tokens.count,
-                                                  length: state.blocks.count * size)
+        let (blockTable, firstNewBlock, fullBlocks) = try modify(sequence) { state -> ([Int], Int, Int) in
+            guard state.length + tokens.count <= state.blocks.count * size else {
+                throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: state.length + tokens.count,
+                                                      length: state.blocks.count * size)
+            }
+            let firstNewBlock = state.length / size
+            state.tokens += tokens
+            state.length += tokens.count
+            return (state.blocks, firstNewBlock, state.length / size)
         }
-        let firstNewBlock = state.length / size
-        state.tokens += tokens
-        state.length += tokens.count
-        var parent: UInt64 = firstNewBlock == 0 ? 0 : blocks[state.blocks[firstNewBlock - 1]].hash ?? Self.prefixHash(state.tokens, blocks: firstNewBlock, size: size)
-        for index in firstNewBlock..<(state.length / size) {
-            let chunk = Array(state.tokens[index * size..<(index + 1) * size])
+        guard fullBlocks > firstNewBlock else { return }
+        let allTokens = sequences[sequence.rawValue]!.tokens
+        var parent: UInt64 = firstNewBlock == 0 ? 0 : blocks[blockTable[firstNewBlock - 1]].hash
+            ?? Self.prefixHash(allTokens, blocks: firstNewBlock, size: size)
+        for index in firstNewBlock..<fullBlocks {
+            let chunk = Array(allTokens[index * size..<(index + 1) * size])
             let hash = Self.hash(parent: parent, tokens: chunk)
-            let block = state.blocks[index]
+            let block = blockTable[index]
             if prefixCache[hash] == nil, blocks[block].hash == nil {
                 prefixCache[hash] = block
                 blocks[block].hash = hash
@@ -244,7 +261,6 @@ public final class PagedKVCache {
             }
             parent = hash
         }
-        sequences[sequence.rawValue] = state
     }
 
     /// A new sequence sharing all of `sequence`'s blocks (n > 1 samples from one prompt).
@@ -259,16 +275,18 @@ public final class PagedKVCache {
 
     /// Keeps only the first `length` tokens (speculative decoding rolls back this way).
     public func truncate(_ sequence: SequenceID, to length: Int) throws {
-        var state = try self.state(sequence)
-        guard length >= 0, length <= state.length else {
-            throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: length, length: state.length)
+        let released = try modify(sequence) { state -> [Int] in
+            guard length >= 0, length <= state.length else {
+                throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: length, length: state.length)
+            }
+            let keep = (length + configuration.blockSize - 1) / configuration.blockSize
+            let released = Array(state.blocks[keep...])
+            state.blocks.removeLast(state.blocks.count - keep)
+            state.tokens.removeLast(state.length - length)
+            state.length = length
+            return released
         }
-        let keep = (length + configuration.blockSize - 1) / configuration.blockSize
-        for block in state.blocks[keep...] { release(block: block) }
-        state.blocks.removeLast(state.blocks.count - keep)
-        state.tokens.removeLast(state.length - length)
-        state.length = length
-        sequences[sequence.rawValue] = state
+        for block in released { release(block: block) }
     }
 
     /// Ends `sequence`: its blocks return to the pool (full ones stay cached for reuse).
