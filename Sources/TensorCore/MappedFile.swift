@@ -42,6 +42,9 @@ public final class MappedFile: Sendable {
               mapped != MAP_FAILED else {
             throw TensorError.file(path: path, reason: "cannot map: \(String(cString: strerror(errno)))")
         }
+        // Ask for readahead now: weights are read in full by the first forward pass, and page
+        // faults one 4 KiB page at a time would add up to most of a second for a large model.
+        _ = madvise(mapped, byteCount, MADV_WILLNEED)
         address = Int(bitPattern: mapped)
     }
 

@@ -54,6 +54,10 @@ for type in types {
     // Bytes a decode step reads: every layer matrix plus the output head (not the embedding).
     let names = files.weights.names.filter { $0 != "model.embed_tokens.weight" }
     let bytes = try names.reduce(0) { $0 + (try files.weights.tensor($1)).byteCount }
+    // A warm-up step brings every weight page into the process first.
+    let warmup = cache.makeSequence()
+    _ = try model.forward(Array(prompt.prefix(8)), sequence: warmup, cache: cache)
+    try cache.release(warmup)
     let sequence = cache.makeSequence()
     let start = seconds()
     var logits = try model.forward(prompt, sequence: sequence, cache: cache)
