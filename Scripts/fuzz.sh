@@ -10,8 +10,13 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf tokenizer encode config)
 
-swift build -c release --package-path Fuzz --scratch-path .build-fuzz \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library >/dev/null
+log=$(mktemp)
+if ! swift build -c release --package-path Fuzz --scratch-path .build-fuzz \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "fuzz build failed (a stale .build-fuzz after moved sources: remove it and retry)" >&2
+    exit 1
+fi
 
 seeds() {
     case "$1" in
