@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+@testable import Decoding
+
+let fixtureModels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("Fixtures/models")
+
+func greedyReference(_ name: String) throws -> (prompt: [Int], generated: [Int]) {
+    let url = fixtureModels.appendingPathComponent("\(name)/greedy.json")
+    let json = try Data(contentsOf: url).withUnsafeBytes { try StrictJSON.parse($0) }
+    func integers(_ key: String) -> [Int] {
+        guard case let .array(items)? = json[key] else { return [] }
+        return items.compactMap { if case let .integer(i) = $0 { i } else { nil } }
+    }
+    return (integers("prompt_ids"), integers("generated_ids"))
+}
+
+func collect(_ stream: AsyncThrowingStream<GenerationEvent, Error>) async throws -> (text: String, tokens: [Int], reason: StopReason?, statistics: GenerationStatistics?) {
+    var text = "", tokens: [Int] = []
+    for try await event in stream {
+        switch event {
+        case let .text(piece, ids): text += piece; tokens += ids
+        case let .finished(reason, statistics): return (text, tokens, reason, statistics)
+        }
+    }
+    return (text, tokens, nil, nil)
+}
+
+@Suite struct GeneratorTests {
+    static func generator(_ name: String = "llama-gqa", budget: Int = 1 << 22) throws -> Generator {
+        var configuration = GeneratorConfiguration()
+        configuration.threads = 2
+        configuration.kvMemoryBudget = budget
+        configuration.kvElementType = .f32
+        configuration.chunkSize = 16  // the 20-token prompt goes in two chunks
+        return try Generator(modelPath: fixtureModels.appendingPathComponent(name).path, configuration: configuration)
+    }
+
+    @Test(arguments: ["llama-gqa", "mamba"])
+    func greedyGenerationEqualsTransformers(name: String) async throws {
+        let reference = try greedyReference(name)
+        var parameters = GenerationParameters()
+        parameters.maxTokens = reference.generated.count
+        parameters.ignoreEndOfSequence = true
+        let result = try await collect(Self.generator(name).generate(.tokens(reference.prompt), parameters: parameters))
+        #expect(result.reason == .maxTokens)
+        #expect(result.statistics?.generatedTokens == reference.generated.count && result.statistics?.promptTokens == 20)
+        // Every token is reported once text it completes is emitted; the ids must be the reference's.
+        let generator = try Self.generator(name)
+        let text = try generator.files.tokenizer.decode(reference.generated, skipSpecialTokens: true)
+        #expect(result.text == text)
+    }
+
+    @Test func stopStringSpanningTokensIsNotEmitted() async throws {
+        let reference = try greedyReference("llama-gqa")
+        let generator = try Self.generator()
+        let full = try generator.files.tokenizer.decode(reference.generated, skipSpecialTokens: true)
+        // A stop string from the middle of the text, long enough to span tokens.
+        let start = full.index(full.startIndex, offsetBy: full.count / 2)
+        let stop = String(full[start...].prefix(6))
+        var parameters = GenerationParameters()
+        parameters.maxTokens = 30
+        parameters.ignoreEndOfSequence = true
+        parameters.stopStrings = [stop]
+        let result = try await collect(generator.generate(.tokens(reference.prompt), parameters: parameters))
+        #expect(result.reason == .stopSequence)
+        #expect(result.text == String(full[..<full.range(of: stop)!.lowerBound]))
+        #expect(!result.text.contains(stop))
+    }
+
+    @Test func cancellationStopsAndFreesTheSequence() async throws {
+        let generator = try Self.generator()
+        let total = generator.availableKVBlocks
+        var parameters = GenerationParameters()
+        parameters.maxTokens = 10_000
+        parameters.ignoreEndOfSequence = true
+        var events = 0
+        for try await _ in generator.generate(.tokens([5, 6, 7]), parameters: parameters) {
+            events += 1
+            if events == 3 { break }  // the consumer leaves: the loop must stop
+        }
+        // The generator is free again (the lock was released) and the blocks are back.
+        let next = try await generator.respond(.tokens([5, 6, 7]), parameters: { var p = GenerationParameters(); p.maxTokens = 2; p.ignoreEndOfSequence = true; return p }())
+        #expect(next.reason == .maxTokens)
+        #expect(generator.availableKVBlocks == total)
+    }
+
+    @Test func contextFullEndsWithItsReason() async throws {
+        let generator = try Self.generator(budget: 3 * 2 * 2 * 2 * 16 * 8 * 4)  // 3 blocks of 16 tokens
+        var parameters = GenerationParameters()
+        parameters.maxTokens = 1000
+        parameters.ignoreEndOfSequence = true
+        let result = try await collect(generator.generate(.tokens(Array(repeating: 5, count: 20)), parameters: parameters))
+        #expect(result.reason == .contextFull)
+        // 28 tokens fit after the prompt; the last one stored still yields a 29th, emitted before the next step fails.
+        #expect(result.statistics?.generatedTokens == 48 - 20 + 1)
+    }
+
+    @Test func seededSamplingIsReproducibleAndPrefixReuseIsReported() async throws {
+        let generator = try Self.generator()
+        var parameters = GenerationParameters()
+        parameters.temperature = 0.9
+        parameters.topP = 0.95
+        parameters.seed = 1234
+        parameters.maxTokens = 12
+        parameters.ignoreEndOfSequence = true
+        let prompt = Array(10..<50)
+        let first = try await collect(generator.generate(.tokens(prompt), parameters: parameters))
+        let second = try await collect(generator.generate(.tokens(prompt), parameters: parameters))
+        #expect(first.text == second.text && !first.text.isEmpty)
+        #expect(second.statistics?.reusedPromptTokens == 32)  // two full blocks of the prompt were cached
+        parameters.seed = 4321
+        let other = try await collect(generator.generate(.tokens(prompt), parameters: parameters))
+        #expect(other.text != first.text)
+    }
+}
