@@ -41,7 +41,7 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models"], exclude: ["Fixtures"]),
         .testTarget(name: "AttentionTests", dependencies: ["Attention"]),
-        .testTarget(name: "DecodingTests", dependencies: ["Decoding"]),
+        .testTarget(name: "DecodingTests", dependencies: ["Decoding"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore"]),
     ],
     swiftLanguageModes: [.v6]

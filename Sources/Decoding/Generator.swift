@@ -6,6 +6,10 @@ public enum Prompt: Sendable {
     case text(String)
     /// Token ids, used as they are.
     case tokens([Int])
+    /// A conversation, rendered with the model's chat template (ending with the prompt for
+    /// the assistant's turn) and tokenized without adding special tokens again, as
+    /// transformers' `apply_chat_template` does.
+    case chat([ChatMessage])
 }
 
 /// Parameters of one request. Temperature 0 is greedy.
@@ -137,11 +141,7 @@ public final class Generator: @unchecked Sendable {
     func run(_ prompt: Prompt, parameters: GenerationParameters, cancelled: CancellationFlag, emit: (GenerationEvent) -> Void) throws {
         let start = Date()
         let tokenizer = files.tokenizer
-        let promptTokens: [Int]
-        switch prompt {
-        case let .text(text): promptTokens = tokenizer.encode(text)
-        case let .tokens(tokens): promptTokens = tokens
-        }
+        let promptTokens = try self.promptTokens(for: prompt)
         guard !promptTokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
         var statistics = GenerationStatistics()
         statistics.promptTokens = promptTokens.count
@@ -225,6 +225,21 @@ public final class Generator: @unchecked Sendable {
             do { logits = try step([next]) } catch KVCacheError.outOfBlocks {
                 return finish(.contextFull)
             }
+        }
+    }
+
+    /// The token ids `prompt` becomes (chat prompts through the model's template).
+    public func promptTokens(for prompt: Prompt, addGenerationPrompt: Bool = true) throws -> [Int] {
+        let tokenizer = files.tokenizer
+        switch prompt {
+        case let .text(text): return tokenizer.encode(text)
+        case let .tokens(tokens): return tokens
+        case let .chat(messages):
+            guard let source = tokenizer.chatTemplate else { throw ChatTemplateError.noTemplate }
+            let bos = tokenizer.bosTokenID.map { tokenizer.tokens[$0] } ?? ""
+            let eos = tokenizer.eosTokenIDs.first.map { tokenizer.tokens[$0] } ?? ""
+            let text = try ChatTemplate(source).render(messages, addGenerationPrompt: addGenerationPrompt, bosToken: bos, eosToken: eos)
+            return tokenizer.encode(text, addSpecialTokens: false)
         }
     }
 
