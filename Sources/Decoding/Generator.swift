@@ -85,6 +85,8 @@ public final class Generator: @unchecked Sendable {
     let configuration: GeneratorConfiguration
     let engine: Engine
     let lock = NSLock()
+    /// Forward passes run (guarded by `lock`; tests use it to see where a cancellation stopped).
+    var forwardPasses = 0
 
     enum Engine {
         case transformer(TransformerModel, PagedKVCache)
@@ -168,8 +170,10 @@ public final class Generator: @unchecked Sendable {
                 var logits: [Float] = []
                 var start = 0
                 while start < tokens.count {  // prompts longer than a step go in chunks
+                    if cancelled.isSet { throw GenerationCancelled() }
                     let end = min(tokens.count, start + configuration.chunkSize)
                     logits = try model.forward(Array(tokens[start..<end]), sequence: sequence!, cache: cache)
+                    forwardPasses += 1
                     start = end
                 }
                 return logits
@@ -177,8 +181,10 @@ public final class Generator: @unchecked Sendable {
                 var logits: [Float] = []
                 var start = 0
                 while start < tokens.count {
+                    if cancelled.isSet { throw GenerationCancelled() }
                     let end = min(tokens.count, start + configuration.chunkSize)
                     logits = try model.forward(Array(tokens[start..<end]), state: &mambaState!)
+                    forwardPasses += 1
                     start = end
                 }
                 return logits
@@ -201,10 +207,12 @@ public final class Generator: @unchecked Sendable {
             statistics.reusedPromptTokens = reused
             do { logits = try step(Array(promptTokens[reused...])) } catch KVCacheError.outOfBlocks {
                 return finish(.contextFull)
+            } catch is GenerationCancelled {
+                return finish(.cancelled)
             }
         case let .mamba(model):
             mambaState = model.makeState()
-            logits = try step(promptTokens)
+            do { logits = try step(promptTokens) } catch is GenerationCancelled { return finish(.cancelled) }
         }
         statistics.prefillTokensPerSecond = Double(promptTokens.count - statistics.reusedPromptTokens) / max(Date().timeIntervalSince(start), 1e-9)
 
@@ -224,6 +232,8 @@ public final class Generator: @unchecked Sendable {
             if statistics.generatedTokens >= parameters.maxTokens { return finish(.maxTokens) }
             do { logits = try step([next]) } catch KVCacheError.outOfBlocks {
                 return finish(.contextFull)
+            } catch is GenerationCancelled {
+                return finish(.cancelled)
             }
         }
     }
@@ -251,6 +261,9 @@ public final class Generator: @unchecked Sendable {
         return nil
     }
 }
+
+/// Thrown inside a step when the consumer went away.
+struct GenerationCancelled: Error {}
 
 /// Set from any thread, read by the token loop once per step.
 final class CancellationFlag: @unchecked Sendable {  // guarded by its lock

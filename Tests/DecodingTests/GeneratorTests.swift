@@ -114,3 +114,26 @@ func collect(_ stream: AsyncThrowingStream<GenerationEvent, Error>) async throws
         #expect(other.text != first.text)
     }
 }
+
+@Suite struct GeneratorCancellationTests {
+    /// A consumer that leaves during a long prefill stops it within a chunk.
+    @Test func cancellationDuringPrefillStopsWithinAChunk() async throws {
+        let generator = try GeneratorTests.generator()  // chunks of 16 tokens
+        let total = generator.availableKVBlocks
+        let prompt = (0..<1_600).map { 3 + $0 % 500 }  // 100 chunks
+        var parameters = GenerationParameters()
+        parameters.maxTokens = 5
+        let task = Task {
+            for try await _ in generator.generate(.tokens(prompt), parameters: parameters) {}
+        }
+        try await Task.sleep(nanoseconds: 30_000_000)
+        task.cancel()
+        _ = try? await task.value
+        // Wait for the generation thread to leave (it holds the lock while running).
+        _ = generator.availableKVBlocks
+        let passes = generator.lock.withLock { generator.forwardPasses }
+        print("cancelled prefill after \(passes) of 100 chunks")
+        #expect(passes < 100, "prefill ran \(passes) of 100 chunks after cancellation")
+        #expect(generator.availableKVBlocks == total)
+    }
+}
