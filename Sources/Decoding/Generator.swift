@@ -32,6 +32,9 @@ public struct GenerationParameters: Sendable {
     public var stopTokenIDs: [Int] = []
     /// Keep going past end-of-sequence tokens (benchmarks, tests).
     public var ignoreEndOfSequence = false
+    /// Report the log-probabilities of each chosen token and of the `logprobs` most likely
+    /// tokens (0: none), from the model's distribution before any sampler changed it.
+    public var logprobs = 0
 
     public init() {}
 }
@@ -52,10 +55,26 @@ public struct GenerationStatistics: Sendable, Equatable {
     public var decodeTokensPerSecond = 0.0
 }
 
+/// A token's log-probability under the model.
+public struct TokenLogprob: Sendable, Equatable {
+    public let token: Int
+    public let logprob: Double
+}
+
+/// The chosen token's log-probability and the most likely alternatives, for one step.
+public struct TokenLogprobs: Sendable, Equatable {
+    public let chosen: TokenLogprob
+    /// The `logprobs` most likely tokens, most likely first.
+    public let top: [TokenLogprob]
+}
+
 /// What a generation stream yields.
 public enum GenerationEvent: Sendable, Equatable {
     /// New text (always complete UTF-8) and the tokens it came from.
     case text(String, tokens: [Int])
+    /// Log-probabilities of a generated token (only when `GenerationParameters.logprobs` > 0),
+    /// sent before that token's text.
+    case logprobs(TokenLogprobs)
     case finished(StopReason, GenerationStatistics)
 }
 
@@ -133,6 +152,7 @@ public final class Generator: @unchecked Sendable {
         for try await event in generate(prompt, parameters: parameters) {
             switch event {
             case let .text(piece, _): text += piece
+            case .logprobs: break
             case let .finished(reason, _): return (text, reason)
             }
         }
@@ -222,6 +242,7 @@ public final class Generator: @unchecked Sendable {
                 candidates.reset(buffer)
                 return sampler.select(&candidates, history: history)
             }
+            if parameters.logprobs > 0 { emit(.logprobs(Self.logprobs(logits, chosen: next, top: parameters.logprobs))) }
             if stops.contains(next) { return finish(.endOfSequence) }
             statistics.generatedTokens += 1
             if statistics.generatedTokens == 1 { statistics.timeToFirstToken = Date().timeIntervalSince(start) }
@@ -236,6 +257,15 @@ public final class Generator: @unchecked Sendable {
                 return finish(.cancelled)
             }
         }
+    }
+
+    /// log-softmax of `logits` for `chosen` and the `top` most likely tokens.
+    static func logprobs(_ logits: [Float], chosen: Int, top: Int) -> TokenLogprobs {
+        let maximum = Double(logits.max() ?? 0)
+        let logSum = maximum + Foundation.log(logits.reduce(0.0) { $0 + Foundation.exp(Double($1) - maximum) })
+        let best = logits.withUnsafeBufferPointer { Kernels.topK($0, k: top) }
+        return TokenLogprobs(chosen: TokenLogprob(token: chosen, logprob: Double(logits[chosen]) - logSum),
+                             top: best.map { TokenLogprob(token: $0.index, logprob: Double($0.value) - logSum) })
     }
 
     /// The token ids `prompt` becomes (chat prompts through the model's template).

@@ -20,6 +20,7 @@ func collect(_ stream: AsyncThrowingStream<GenerationEvent, Error>) async throws
     for try await event in stream {
         switch event {
         case let .text(piece, ids): text += piece; tokens += ids
+        case .logprobs: break
         case let .finished(reason, statistics): return (text, tokens, reason, statistics)
         }
     }
@@ -135,5 +136,37 @@ func collect(_ stream: AsyncThrowingStream<GenerationEvent, Error>) async throws
         print("cancelled prefill after \(passes) of 100 chunks")
         #expect(passes < 100, "prefill ran \(passes) of 100 chunks after cancellation")
         #expect(generator.availableKVBlocks == total)
+    }
+}
+
+@Suite struct LogprobTests {
+    /// Each step's log-probabilities are the log-softmax of the logits the bare model gives.
+    @Test func logprobsMatchTheModelDistribution() async throws {
+        let reference = try greedyReference("llama-gqa")
+        let generator = try GeneratorTests.generator()
+        var parameters = GenerationParameters()
+        parameters.maxTokens = 4
+        parameters.ignoreEndOfSequence = true
+        parameters.logprobs = 3
+        var steps: [TokenLogprobs] = []
+        for try await event in generator.generate(.tokens(reference.prompt), parameters: parameters) {
+            if case let .logprobs(entry) = event { steps.append(entry) }
+        }
+        #expect(steps.count == 4)
+        // The bare model, greedy, step by step.
+        let files = try ModelFiles.load(fixtureModels.appendingPathComponent("llama-gqa").path)
+        let model = try TransformerModel(files: files, context: ComputeContext(threads: 1), maximumTokens: 32)
+        let cache = try model.makeCache(memoryBudget: 1 << 22, elementType: .f32)
+        let sequence = cache.makeSequence()
+        var logits = try model.forward(reference.prompt, sequence: sequence, cache: cache)
+        for step in steps {
+            let m = Double(logits.max()!), logSum = m + log(logits.reduce(0.0) { $0 + exp(Double($1) - m) })
+            let order = logits.indices.sorted { logits[$0] > logits[$1] }
+            #expect(step.chosen.token == order[0])  // greedy: the most likely
+            #expect(abs(step.chosen.logprob - (Double(logits[order[0]]) - logSum)) < 1e-5)
+            #expect(step.top.map(\.token) == Array(order.prefix(3)))
+            #expect(zip(step.top, order.prefix(3)).allSatisfy { abs($0.logprob - (Double(logits[$1]) - logSum)) < 1e-5 })
+            logits = try model.forward([step.chosen.token], sequence: sequence, cache: cache)
+        }
     }
 }
