@@ -111,15 +111,19 @@ public final class PagedKVCache {
         guard c.elementType == .f32 || c.elementType == .f16 else {
             throw KVCacheError.invalidConfiguration("element type \(c.elementType) (F32 or F16)")
         }
-        let (product, overflow) = c.layers.multipliedReportingOverflow(by: 2 * c.keyValueHeads * c.blockSize * c.headDimension * c.elementType.blockBytes)
-        guard !overflow, product > 0 else { throw KVCacheError.invalidConfiguration("block size overflows") }
-        guard c.memoryBudget >= c.blockBytes else { throw KVCacheError.budgetTooSmall(budget: c.memoryBudget, blockBytes: c.blockBytes) }
+        var blockBytes = 1  // c.blockBytes, computed here without trapping on overflow
+        for factor in [c.layers, 2, c.keyValueHeads, c.blockSize, c.headDimension, c.elementType.blockBytes] {
+            let (product, overflow) = blockBytes.multipliedReportingOverflow(by: factor)
+            guard !overflow else { throw KVCacheError.invalidConfiguration("block size overflows") }
+            blockBytes = product
+        }
+        guard c.memoryBudget >= blockBytes else { throw KVCacheError.budgetTooSmall(budget: c.memoryBudget, blockBytes: blockBytes) }
         configuration = c
-        blockCount = c.memoryBudget / c.blockBytes
+        blockCount = c.memoryBudget / blockBytes
         // Anonymous memory: zero-filled, page-aligned, and only touched pages become resident.
-        guard let raw = mmap(nil, blockCount * c.blockBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+        guard let raw = mmap(nil, blockCount * blockBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               raw != MAP_FAILED else {
-            throw KVCacheError.invalidConfiguration("cannot allocate \(blockCount * c.blockBytes) bytes")
+            throw KVCacheError.invalidConfiguration("cannot allocate \(blockCount * blockBytes) bytes")
         }
         storage = raw
         blocks = Array(repeating: Block(), count: blockCount)

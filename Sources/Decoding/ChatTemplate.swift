@@ -214,7 +214,9 @@ extension ChatTemplate {
                         } else if c.properties.numericType != nil, c.value < 0x80 {
                             var j = i
                             while j < s.count, s[j].value >= 0x30, s[j].value <= 0x39 { j += 1 }
-                            tokens.append(.int(Int(String(String.UnicodeScalarView(s[i..<j])))!))
+                            let digits = String(String.UnicodeScalarView(s[i..<j]))
+                            guard let value = Int(digits) else { throw ChatTemplateError.syntax("integer \(digits) out of range") }
+                            tokens.append(.int(value))
                             i = j
                         } else if c.properties.isAlphabetic || c == "_" {
                             var j = i

@@ -5,8 +5,20 @@ extension ChatTemplate {
     struct Parser {
         let tokens: [Token]
         var position = 0
+        /// Depth of the tree being built; parsing and rendering recurse once per level, so a
+        /// template nested (or chained) without bound would overflow the stack.
+        var depth = 0
+        static let maximumDepth = 256
 
         init(tokens: [Token]) { self.tokens = tokens }
+
+        /// Goes `levels` deeper into the tree, or throws past `maximumDepth`; callers undo it.
+        mutating func descend(_ levels: Int = 1) throws {
+            depth += levels
+            guard depth <= Self.maximumDepth else {
+                throw ChatTemplateError.syntax("nested more than \(Self.maximumDepth) levels deep")
+            }
+        }
 
         var current: Token? { position < tokens.count ? tokens[position] : nil }
 
@@ -37,6 +49,8 @@ extension ChatTemplate {
 
         /// Nodes until a `{% name %}` whose name is in `terminators` (left unconsumed).
         mutating func parseBlock(until terminators: Set<String>) throws -> [Node] {
+            try descend()
+            defer { depth -= 1 }
             var nodes: [Node] = []
             while let token = current {
                 switch token {
@@ -122,6 +136,8 @@ extension ChatTemplate {
         // MARK: Expressions, loosest first
 
         mutating func expression() throws -> Expression {
+            try descend()
+            defer { depth -= 1 }
             let value = try orExpression()
             guard skipKeyword("if") else { return value }
             let condition = try orExpression()
@@ -130,24 +146,31 @@ extension ChatTemplate {
         }
 
         mutating func orExpression() throws -> Expression {
-            var left = try andExpression()
-            while skipKeyword("or") { left = .binary("or", left, try andExpression()) }
+            var left = try andExpression(), links = 0
+            defer { depth -= links }
+            while skipKeyword("or") { try descend(); links += 1; left = .binary("or", left, try andExpression()) }
             return left
         }
 
         mutating func andExpression() throws -> Expression {
-            var left = try notExpression()
-            while skipKeyword("and") { left = .binary("and", left, try notExpression()) }
+            var left = try notExpression(), links = 0
+            defer { depth -= links }
+            while skipKeyword("and") { try descend(); links += 1; left = .binary("and", left, try notExpression()) }
             return left
         }
 
         mutating func notExpression() throws -> Expression {
-            skipKeyword("not") ? .unary("not", try notExpression()) : try comparison()
+            guard skipKeyword("not") else { return try comparison() }
+            try descend()
+            defer { depth -= 1 }
+            return .unary("not", try notExpression())
         }
 
         mutating func comparison() throws -> Expression {
-            var left = try concatenation()
+            var left = try concatenation(), links = 0
+            defer { depth -= links }
             while true {
+                try descend(); links += 1
                 if case let .symbol(op)? = current, ["==", "!=", "<", ">", "<=", ">="].contains(op) {
                     position += 1
                     left = .binary(op, left, try concatenation())
@@ -166,14 +189,17 @@ extension ChatTemplate {
         }
 
         mutating func concatenation() throws -> Expression {
-            var left = try additive()
-            while skipSymbol("~") { left = .binary("~", left, try additive()) }
+            var left = try additive(), links = 0
+            defer { depth -= links }
+            while skipSymbol("~") { try descend(); links += 1; left = .binary("~", left, try additive()) }
             return left
         }
 
         mutating func additive() throws -> Expression {
-            var left = try multiplicative()
+            var left = try multiplicative(), links = 0
+            defer { depth -= links }
             while case let .symbol(op)? = current, op == "+" || op == "-" {
+                try descend(); links += 1
                 position += 1
                 left = .binary(op, left, try multiplicative())
             }
@@ -181,8 +207,10 @@ extension ChatTemplate {
         }
 
         mutating func multiplicative() throws -> Expression {
-            var left = try unary()
+            var left = try unary(), links = 0
+            defer { depth -= links }
             while case let .symbol(op)? = current, ["*", "/", "//", "%"].contains(op) {
+                try descend(); links += 1
                 position += 1
                 left = .binary(op, left, try unary())
             }
@@ -190,9 +218,13 @@ extension ChatTemplate {
         }
 
         mutating func unary() throws -> Expression {
+            try descend()
+            defer { depth -= 1 }
             if skipSymbol("-") { return .unary("-", try unary()) }
-            var value = try postfix()
+            var value = try postfix(), links = 0
+            defer { depth -= links }
             while skipSymbol("|") {
+                try descend(); links += 1
                 let filter = try name()
                 value = .filter(value, filter, current == .symbol("(") ? try arguments().0 : [])
             }
@@ -215,8 +247,10 @@ extension ChatTemplate {
         }
 
         mutating func postfix() throws -> Expression {
-            var value = try primary()
+            var value = try primary(), links = 0
+            defer { depth -= links }
             while true {
+                try descend(); links += 1
                 if skipSymbol(".") {
                     value = .attribute(value, try name())
                 } else if current == .symbol("(") {

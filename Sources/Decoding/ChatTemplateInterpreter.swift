@@ -6,21 +6,54 @@ extension ChatTemplate {
     /// seen after it (Jinja's way around its loop scoping).
     struct Scope {
         var variables: [String: Value]
-        var namespaces = Namespaces()
+        var shared = Shared()
 
-        final class Namespaces {
-            var storage: [[String: Value]] = []
+        /// State every nested scope sees: namespaces and what is left of the work budget.
+        final class Shared {
+            var namespaces: [[String: Value]] = []
+            /// Statements the template may still execute: a template is model-file input, and one
+            /// that loops for ever must fail rather than hang the caller.
+            var statementsLeft = Interpreter.maximumStatements
         }
     }
 
     enum Interpreter {
+        /// Statements and loop iterations one rendering may execute; real templates need a few
+        /// hundred per message.
+        static let maximumStatements = 1_000_000
+        /// Longest string (UTF-8 bytes) or list a template may build, the rendered text included;
+        /// it keeps `range(n)`, `s * n` and repeated doubling from exhausting memory.
+        static let maximumLength = 1 << 22
+
+        static func checkLength(_ length: Int, of what: String) throws {
+            guard length <= maximumLength else {
+                throw ChatTemplateError.raised("\(what) longer than \(maximumLength)")
+            }
+        }
+
+        static func checked(_ result: (partialValue: Int, overflow: Bool)) throws -> Value {
+            guard !result.overflow else { throw ChatTemplateError.raised("integer overflow") }
+            return .int(result.partialValue)
+        }
+
+        /// Charges one statement (or loop iteration) to the rendering's budget.
+        static func spend(_ scope: Scope) throws {
+            scope.shared.statementsLeft -= 1
+            guard scope.shared.statementsLeft >= 0 else {
+                throw ChatTemplateError.raised("template ran more than \(maximumStatements) statements")
+            }
+        }
+
         static func run(_ nodes: [Node], scope: inout Scope, output: inout String) throws {
             for node in nodes {
+                try spend(scope)
                 switch node {
                 case let .text(text):
                     output += text
+                    try checkLength(output.utf8.count, of: "rendered text")
                 case let .output(expression):
                     output += try evaluate(expression, scope).text
+                    try checkLength(output.utf8.count, of: "rendered text")
                 case let .set(target, expression):
                     let value = try evaluate(expression, scope)
                     switch target {
@@ -29,7 +62,7 @@ extension ChatTemplate {
                         guard case let .namespace(id) = try evaluate(object, scope) else {
                             throw ChatTemplateError.unsupported("setting an attribute of something other than a namespace")
                         }
-                        scope.namespaces.storage[id][field] = value
+                        scope.shared.namespaces[id][field] = value
                     default: throw ChatTemplateError.unsupported("set target")
                     }
                 case let .ifChain(branches, otherwise):
@@ -51,6 +84,7 @@ extension ChatTemplate {
                     }
                     if items.isEmpty { try run(otherwise, scope: &scope, output: &output) }
                     for (index, item) in items.enumerated() {
+                        try spend(scope)
                         var inner = scope  // assignments inside the loop stay inside it
                         if variables.count == 1 {
                             inner.variables[variables[0]] = item
@@ -83,7 +117,7 @@ extension ChatTemplate {
             case let .attribute(object, field):
                 switch try evaluate(object, scope) {
                 case let .dict(dict): return dict[field] ?? .undefined
-                case let .namespace(id): return scope.namespaces.storage[id][field] ?? .undefined
+                case let .namespace(id): return scope.shared.namespaces[id][field] ?? .undefined
                 default: return .undefined
                 }
             case let .subscript_(object, key):
@@ -120,7 +154,7 @@ extension ChatTemplate {
                 let value = try evaluate(operand, scope)
                 if op == "not" { return .bool(!value.truthy) }
                 guard case let .int(i) = value else { throw ChatTemplateError.unsupported("negating \(value.repr)") }
-                return .int(-i)
+                return try checked(Int(0).subtractingReportingOverflow(i))
             case let .binary(op, left, right):
                 if op == "and" { let l = try evaluate(left, scope); return l.truthy ? try evaluate(right, scope) : l }
                 if op == "or" { let l = try evaluate(left, scope); return l.truthy ? l : try evaluate(right, scope) }
@@ -155,10 +189,11 @@ extension ChatTemplate {
                     case "namespace":
                         var fields: [String: Value] = [:]
                         for (key, value) in named { fields[key] = try evaluate(value, scope) }
-                        scope.namespaces.storage.append(fields)
-                        return .namespace(scope.namespaces.storage.count - 1)
+                        scope.shared.namespaces.append(fields)
+                        return .namespace(scope.shared.namespaces.count - 1)
                     case "range":
                         guard case let .int(n)? = arguments.first else { throw ChatTemplateError.unsupported("range arguments") }
+                        try checkLength(n, of: "range")
                         return .list((0..<max(n, 0)).map { .int($0) })
                     default: throw ChatTemplateError.unsupported("function \(function)()")
                     }
@@ -170,15 +205,30 @@ extension ChatTemplate {
 
         static func binary(_ op: String, _ l: Value, _ r: Value) throws -> Value {
             switch (op, l, r) {
-            case let ("+", .int(a), .int(b)): return .int(a + b)
-            case let ("+", .string(a), .string(b)): return .string(a + b)
-            case let ("+", .list(a), .list(b)): return .list(a + b)
-            case ("~", _, _): return .string(l.text + r.text)
-            case let ("-", .int(a), .int(b)): return .int(a - b)
-            case let ("*", .int(a), .int(b)): return .int(a * b)
-            case let ("*", .string(a), .int(b)): return .string(String(repeating: a, count: max(b, 0)))
-            case let ("//", .int(a), .int(b)) where b != 0: return .int(Int((Double(a) / Double(b)).rounded(.down)))
-            case let ("%", .int(a), .int(b)) where b != 0: return .int(((a % b) + b) % b)
+            case let ("+", .int(a), .int(b)): return try checked(a.addingReportingOverflow(b))
+            case let ("+", .string(a), .string(b)):
+                try checkLength(a.utf8.count + b.utf8.count, of: "string")
+                return .string(a + b)
+            case let ("+", .list(a), .list(b)):
+                try checkLength(a.count + b.count, of: "list")
+                return .list(a + b)
+            case ("~", _, _):
+                let (a, b) = (l.text, r.text)
+                try checkLength(a.utf8.count + b.utf8.count, of: "string")
+                return .string(a + b)
+            case let ("-", .int(a), .int(b)): return try checked(a.subtractingReportingOverflow(b))
+            case let ("*", .int(a), .int(b)): return try checked(a.multipliedReportingOverflow(by: b))
+            case let ("*", .string(a), .int(b)):
+                let length = a.utf8.count.multipliedReportingOverflow(by: max(b, 0))
+                try checkLength(length.overflow ? .max : length.partialValue, of: "string")
+                return .string(String(repeating: a, count: max(b, 0)))
+            case let ("//", .int(a), .int(b)) where b != 0:  // Python floors; Swift truncates
+                guard a != .min || b != -1 else { throw ChatTemplateError.raised("integer overflow") }
+                let quotient = a / b
+                return .int(a % b != 0 && (a < 0) != (b < 0) ? quotient - 1 : quotient)
+            case let ("%", .int(a), .int(b)) where b != 0:  // Python's remainder takes the divisor's sign
+                let remainder = b == -1 ? 0 : a % b
+                return .int(remainder != 0 && (remainder < 0) != (b < 0) ? remainder + b : remainder)
             case ("==", _, _): return .bool(l == r)
             case ("!=", _, _): return .bool(l != r)
             case let ("<", .int(a), .int(b)): return .bool(a < b)
@@ -206,6 +256,8 @@ extension ChatTemplate {
             case let (.string(s), "startswith"): return .bool(s.hasPrefix(arguments.first?.text ?? ""))
             case let (.string(s), "endswith"): return .bool(s.hasSuffix(arguments.first?.text ?? ""))
             case let (.string(s), "replace") where arguments.count == 2:
+                let (needle, replacement) = (arguments[0].text.utf8.count, arguments[1].text.utf8.count)
+                try checkLength(s.utf8.count + s.utf8.count / max(needle, 1) * replacement, of: "string")
                 return .string(s.replacingOccurrences(of: arguments[0].text, with: arguments[1].text))
             case let (.string(s), "split"):
                 let parts = arguments.isEmpty ? s.split(whereSeparator: \.isWhitespace).map(String.init)
@@ -232,7 +284,10 @@ extension ChatTemplate {
             case ("string", _): return .string(value.text)
             case let ("first", .list(l)): return l.first ?? .undefined
             case let ("last", .list(l)): return l.last ?? .undefined
-            case let ("join", .list(l)): return .string(l.map(\.text).joined(separator: arguments.first?.text ?? ""))
+            case let ("join", .list(l)):
+                let parts = l.map(\.text), separator = arguments.first?.text ?? ""
+                try checkLength(parts.reduce(separator.utf8.count * parts.count) { $0 + $1.utf8.count }, of: "string")
+                return .string(parts.joined(separator: separator))
             case let ("reverse", .list(l)): return .list(l.reversed())
             case ("default", _): return value == .undefined || (arguments.count > 1 && arguments[1].truthy && !value.truthy) ? arguments.first ?? .undefined : value
             case let ("items", .dict(d)): return .list(d.keys.sorted().map { .list([.string($0), d[$0]!]) })

@@ -95,12 +95,18 @@ struct ConfigurationKeys {
         return text
     }
 
+    /// Largest size or id a configuration may name: products of two such values (e.g. heads ×
+    /// head_dim) cannot overflow, and no real model comes near it.
+    static let largestInteger = 1 << 30
+
     func integer(_ key: String, minimum: Int = 1) throws -> Int {
         let raw = try value(key)
         var result: Int?
         if case let .integer(i) = raw { result = i }
         if case let .number(d) = raw, d.rounded() == d, let i = Int(exactly: d) { result = i }  // e.g. 4096.0
-        guard let integer = result, integer >= minimum else { throw invalid(key, "expected an integer ≥ \(minimum)") }
+        guard let integer = result, integer >= minimum, integer <= Self.largestInteger else {
+            throw invalid(key, "expected an integer from \(minimum) to \(Self.largestInteger)")
+        }
         return integer
     }
 

@@ -8,8 +8,9 @@ enum GGUFConfiguration {
         }
         func integer(_ key: String, default fallback: Int? = nil) throws -> Int {
             if let value = file["\(architecture).\(key)"] {
-                guard let integer = value.integer, integer >= 0 else {
-                    throw ConfigurationError.invalidValue(path: path, key: "\(architecture).\(key)", detail: "expected a non-negative integer")
+                guard let integer = value.integer, integer >= 0, integer <= ConfigurationKeys.largestInteger else {
+                    throw ConfigurationError.invalidValue(path: path, key: "\(architecture).\(key)",
+                                                          detail: "expected an integer from 0 to \(ConfigurationKeys.largestInteger)")
                 }
                 return integer
             }

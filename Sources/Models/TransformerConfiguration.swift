@@ -143,6 +143,7 @@ extension TransformerConfiguration {
         ropeTheta = Float(try rope?.number("rope_theta", default: keys.number("rope_theta", default: defaults.theta))
             ?? keys.number("rope_theta", default: defaults.theta))
         let partial = try rope?.number("partial_rotary_factor", default: 1) ?? keys.number("partial_rotary_factor", default: 1)
+        guard partial > 0, partial <= 1 else { throw keys.invalid("partial_rotary_factor", "\(partial) is outside (0, 1]") }
         rotaryDimension = Int(Double(headDimension) * partial)
         guard rotaryDimension >= 2, rotaryDimension % 2 == 0, rotaryDimension <= headDimension else {
             throw keys.invalid("partial_rotary_factor", "gives \(rotaryDimension) rotated dimensions of \(headDimension)")
@@ -183,6 +184,9 @@ extension MambaConfiguration {
         stateSize = try keys.integer("state_size", default: 16)
         let expand = try keys.integer("expand", default: 2)
         innerSize = try keys.integer("intermediate_size", default: expand * hiddenSize)
+        guard innerSize <= ConfigurationKeys.largestInteger else {
+            throw keys.invalid("expand", "expand × hidden_size exceeds \(ConfigurationKeys.largestInteger)")
+        }
         convolutionKernel = try keys.integer("conv_kernel", default: 4)
         if keys.has("time_step_rank"), case .string("auto") = try keys.value("time_step_rank") {
             timeStepRank = (hiddenSize + 15) / 16

@@ -77,6 +77,13 @@ func expectContents(_ cache: PagedKVCache, _ sequence: SequenceID, tags: [Int], 
         #expect(cache.availableBlockCount == 16 && cache.invariantViolations().isEmpty)
     }
 
+    @Test func overflowingBlockSizeThrows() {
+        #expect(throws: KVCacheError.invalidConfiguration("block size overflows")) {
+            try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: 1 << 30, headDimension: 1 << 30,
+                                                                 blockSize: 1 << 10, memoryBudget: 1 << 30))
+        }
+    }
+
     @Test func exhaustionThrowsAndChangesNothing() throws {
         let cache = try Self.cache(blocks: 3)
         let a = cache.makeSequence()

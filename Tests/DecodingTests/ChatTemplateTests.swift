@@ -59,6 +59,34 @@ import Testing
         } throws: { ($0 as? ChatTemplateError) == .raised("no system role") }
         #expect { try ChatTemplate("{{ messages | dictsort }}").render([], addGenerationPrompt: false) } throws: { "\($0)".contains("dictsort") }
     }
+
+    /// A template is model-file input: arithmetic overflow, runaway sizes, endless loops and
+    /// unbounded nesting must throw instead of trapping, exhausting memory or hanging.
+    @Test func hostileTemplatesThrowInsteadOfTrapping() {
+        func render(_ source: String) throws -> String { try ChatTemplate(source).render([], addGenerationPrompt: false) }
+        #expect { try render("{{ 99999999999999999999 }}") } throws: { "\($0)".contains("out of range") }
+        for overflow in ["9223372036854775807 + 1", "-9223372036854775807 - 2", "4294967296 * 4294967296",
+                         "-(-9223372036854775807 - 1)", "(-9223372036854775807 - 1) // -1"] {
+            #expect(throws: ChatTemplateError.raised("integer overflow")) { try render("{{ \(overflow) }}") }
+        }
+        #expect { try render("{{ range(1000000000000) | length }}") } throws: { "\($0)".contains("range longer") }
+        #expect { try render("{{ 'ab' * 4611686018427387904 }}") } throws: { "\($0)".contains("string longer") }
+        #expect { try render("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}") }
+            throws: { "\($0)".contains("string longer") }
+        #expect { try render("{% for i in range(4000000) %}{% for j in range(4000000) %}{% endfor %}{% endfor %}") }
+            throws: { "\($0)".contains("statements") }
+        #expect { try render("{{ " + String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000) + " }}") }
+            throws: { "\($0)".contains("levels deep") }
+        #expect { try render("{{ 1" + String(repeating: " + 1", count: 100_000) + " }}") } throws: { "\($0)".contains("levels deep") }
+        #expect { try render(String(repeating: "{% if true %}", count: 5000) + String(repeating: "{% endif %}", count: 5000)) }
+            throws: { "\($0)".contains("levels deep") }
+    }
+
+    /// Python's floor division and modulo (the sign follows the divisor), as Jinja computes them.
+    @Test func integerDivisionFollowsPython() throws {
+        let template = try ChatTemplate("{{ -7 // 2 }} {{ 7 // -2 }} {{ 7 // 2 }} {{ -7 % 3 }} {{ 7 % -3 }} {{ -6 % 3 }} {{ 5 % -1 }}")
+        #expect(try template.render([], addGenerationPrompt: false) == "-4 -4 3 2 -2 0 0")
+    }
 }
 
 @Suite struct ChatPromptTests {

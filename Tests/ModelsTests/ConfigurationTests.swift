@@ -95,6 +95,11 @@ func transformer(_ name: String) throws -> TransformerConfiguration {
         expectError("{\(base),\"num_attention_heads\":4,\"rope_scaling\":{\"rope_type\":\"linear\"}}", "'factor'")
         expectError("{\(base),\"num_attention_heads\":4,\"tie_word_embeddings\":1}", "expected true or false")
         expectError(#"{"model_type":"llama","vocab_size":100,"hidden_size":-64}"#, "'hidden_size': expected an integer")
+        // Sizes whose products would overflow Int, and a factor that would not convert to Int.
+        expectError(#"{"model_type":"llama","vocab_size":100,"hidden_size":4611686018427387904}"#, "'hidden_size': expected an integer from 1 to")
+        expectError(#"{"model_type":"mamba","vocab_size":100,"hidden_size":1073741824,"num_hidden_layers":1,"expand":1073741824}"#, "'expand'")
+        expectError("{\(base),\"num_attention_heads\":4,\"partial_rotary_factor\":1e300}", "'partial_rotary_factor'")
+        expectError("{\(base),\"num_attention_heads\":4,\"partial_rotary_factor\":-1}", "outside (0, 1]")
         expectError(#"{"model_type":"mixtral","hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"vocab_size":100,"num_attention_heads":4,"num_local_experts":2,"num_experts_per_tok":3}"#, "exceeds")
     }
 }
