@@ -38,13 +38,13 @@ public enum PagedAttention {
         }
         guard n > 0 else { return }
         let group = queries.columns / d / c.keyValueHeads
-        let blocks = table.map { Int32($0) }
         let tiles = (n + queryTile - 1) / queryTile
         let scratchCount = queryTile * group * (d + 2) + c.blockSize * (group + 2 * d)
         let attentionScale = scale ?? 1 / Float(d).squareRoot()
         let kvType: Int32 = c.elementType == .f16 ? 1 : 0
         let rowStride = Int64(queries.columns)
-        blocks.withUnsafeBufferPointer { blockTable in
+        // Int is Int64 on every platform Quill builds for, so the table goes to C without a copy.
+        table.withUnsafeBufferPointer { $0.withMemoryRebound(to: Int64.self) { blockTable in
             context.pool.parallelFor(c.keyValueHeads * tiles) { task in
                 let head = task / tiles, tile = task % tiles
                 let first = tile * queryTile, count = min(queryTile, n - first)
@@ -57,6 +57,6 @@ public enum PagedAttention {
                                           Int64(firstPosition + first), Int64(window ?? 0), attentionScale, kvType, scratch.baseAddress!)
                 }
             }
-        }
+        } }
     }
 }

@@ -131,7 +131,7 @@ BLOCK_PV(block_pv_f16_avx2, uint16_t, LOAD_F16)
 #endif
 
 void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
-                           const void *k_base, const void *v_base, int64_t block_stride, const int32_t *blocks,
+                           const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
                            int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
                            float *scratch) {
     // The AVX2 kernels read F32 or F16 blocks in place; the scalar path converts F16 blocks
@@ -159,8 +159,8 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
     const int64_t last_position = first_position + n_queries - 1;
     const int64_t lowest = window > 0 && first_position - window + 1 > 0 ? first_position - window + 1 : 0;
     for (int64_t b = lowest / bs; b * bs <= last_position; b++) {
-        const float *kT = (const float *)(const void *)((const uint8_t *)k_base + (int64_t)blocks[b] * block_stride);
-        const float *v = (const float *)(const void *)((const uint8_t *)v_base + (int64_t)blocks[b] * block_stride);
+        const float *kT = (const float *)(const void *)((const uint8_t *)k_base + blocks[b] * block_stride);
+        const float *v = (const float *)(const void *)((const uint8_t *)v_base + blocks[b] * block_stride);
         if (kv_type == 1 && !vector) {  // the scalar path converts the block once
             quill_f16_to_f32((const uint16_t *)(const void *)kT, keys, bs * d);
             quill_f16_to_f32((const uint16_t *)(const void *)v, values, bs * d);

@@ -140,7 +140,7 @@ int64_t quill_top_k(const float *x, int64_t n, int64_t k, int64_t *indices, floa
 ///   scratch: at least (n_queries * group) * (head_dim + 2) + block_size * (group + 2 * head_dim) floats.
 /// Keys 0 ... first_position + n_queries - 1 must exist.
 void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t head_dim,
-                           const void *k_base, const void *v_base, int64_t block_stride, const int32_t *blocks,
+                           const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
                            int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
                            float *scratch);
 
