@@ -70,6 +70,10 @@ enum GGUFConfiguration {
                 outputProjectionBias: file.tensors["blk.0.attn_output.bias"] != nil,
                 experts: experts > 0 ? (experts, try integer("expert_used_count", default: 2)) : nil,
                 bosTokenID: bos, eosTokenIDs: eos)
+            if let experts = configuration.experts, experts.perToken < 1 || experts.perToken > experts.count {
+                throw ConfigurationError.invalidValue(path: path, key: "\(architecture).expert_used_count",
+                                                      detail: "\(experts.perToken) is not from 1 to expert_count \(experts.count)")
+            }
             guard configuration.rotaryDimension % 2 == 0, configuration.rotaryDimension <= headDimension else {
                 throw ConfigurationError.invalidValue(path: path, key: "\(architecture).rope.dimension_count", detail: "must be even and ≤ the head dimension")
             }

@@ -70,6 +70,10 @@ public final class TransformerModel {
     let gateOut, upOut: FloatBuffer                              // [n, inter]
     let routerLogits: FloatBuffer                                // [n, experts]
     let expertInput, expertOutput: FloatBuffer                   // [n, hidden]: one expert's tokens, gathered
+    // Mixture-of-experts routing, allocated once (empty for dense models); k = experts per token.
+    var chosenExpert: [Int]                                      // [n·k] expert of each (token, slot)
+    var chosenWeight: [Float]                                    // [n·k] its renormalized weight
+    var routedChoice: [Int]                                      // [n] (token·k + slot) of each expertInput row
     let cosTable, sinTable: UnsafeMutablePointer<Float>          // [rotary/2]
 
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
@@ -130,6 +134,10 @@ public final class TransformerModel {
         routerLogits = try FloatBuffer(rows: n, columns: c.experts?.count ?? 1)
         expertInput = try FloatBuffer(rows: n, columns: h)
         expertOutput = try FloatBuffer(rows: n, columns: h)
+        let choices = n * (c.experts?.perToken ?? 0)
+        chosenExpert = [Int](repeating: 0, count: choices)
+        chosenWeight = [Float](repeating: 0, count: choices)
+        routedChoice = [Int](repeating: 0, count: c.experts == nil ? 0 : n)
         cosTable = .allocate(capacity: max(1, rope.dimension / 2))
         sinTable = .allocate(capacity: max(1, rope.dimension / 2))
     }
@@ -155,23 +163,35 @@ public final class TransformerModel {
         let k = configuration.experts!.perToken, count = experts.count, h = configuration.hiddenSize
         try Kernels.matmul(weight: router, input: normed, rows: n, output: routerLogits, context: context)
         try Kernels.softmax(routerLogits, rows: n)
-        // choice[token] = (expert, weight) pairs; fixed-size storage, no per-step arrays beyond these.
-        var chosen = [(expert: Int, weight: Float)](repeating: (0, 0), count: n * k)
         for token in 0..<n {
-            let probabilities = UnsafeBufferPointer(start: routerLogits.row(token), count: count)
-            let top = Kernels.topK(probabilities, k: k)
-            let total = top.reduce(Float(0)) { $0 + $1.value }
-            for (slot, entry) in top.enumerated() { chosen[token * k + slot] = (entry.index, entry.value / total) }
+            // The k most probable experts, largest first (ties: lower index), by k scans of
+            // `count` values: k and count are small, and this allocates nothing.
+            let probabilities = routerLogits.row(token), first = token * k
+            var total: Float = 0
+            for slot in 0..<k {
+                var best = -1
+                for expert in 0..<count where !(first..<first + slot).contains(where: { chosenExpert[$0] == expert }) {
+                    if best < 0 || probabilities[expert] > probabilities[best] { best = expert }
+                }
+                chosenExpert[first + slot] = best
+                chosenWeight[first + slot] = probabilities[best]
+                total += probabilities[best]
+            }
+            for slot in 0..<k { chosenWeight[first + slot] /= total }
         }
         for (index, expert) in experts.enumerated() {
-            var tokens: [(token: Int, weight: Float)] = []
-            for token in 0..<n { for slot in 0..<k where chosen[token * k + slot].expert == index { tokens.append((token, chosen[token * k + slot].weight)) } }
-            guard !tokens.isEmpty else { continue }
-            for (row, entry) in tokens.enumerated() { expertInput.row(row).update(from: normed.row(entry.token), count: h) }
-            try run(expert, input: expertInput, rows: tokens.count, output: expertOutput)
-            for (row, entry) in tokens.enumerated() {
-                let target = hidden.row(entry.token), source = expertOutput.row(row)
-                for i in 0..<h { target[i] += entry.weight * source[i] }
+            var rows = 0  // each token picks an expert at most once, so at most n rows
+            for choice in 0..<n * k where chosenExpert[choice] == index {
+                expertInput.row(rows).update(from: normed.row(choice / k), count: h)
+                routedChoice[rows] = choice
+                rows += 1
+            }
+            guard rows > 0 else { continue }
+            try run(expert, input: expertInput, rows: rows, output: expertOutput)
+            for row in 0..<rows {
+                let weight = chosenWeight[routedChoice[row]]
+                let target = hidden.row(routedChoice[row] / k), source = expertOutput.row(row)
+                for i in 0..<h { target[i] += weight * source[i] }
             }
         }
     }
