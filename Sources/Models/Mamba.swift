@@ -104,63 +104,124 @@ public final class MambaModel {
     /// Runs `tokens` after `state` (which advances) and returns logits for every token
     /// (`allLogits`) or the last one: [count][vocabulary] floats.
     public func forward(_ tokens: [Int], state: inout MambaState, allLogits: Bool = false) throws -> [Float] {
+        guard !tokens.isEmpty else { return [] }
+        var states = [state]
+        defer { state = states[0] }
+        return try forward([MambaChunk(tokens: tokens, allLogits: allLogits)], states: &states)[0]
+    }
+
+    /// One step over several sequences: chunk i continues `states[i]` (which advances). The
+    /// projections read each weight once for all rows (grouped as in the transformer, so a
+    /// sequence's logits do not depend on the others in the step); the convolution and the
+    /// scan run per sequence. Returns each chunk's logits ([rows][vocabulary]).
+    public func forward(_ chunks: [MambaChunk], states: inout [MambaState]) throws -> [[Float]] {
         let c = configuration
-        let n = tokens.count
-        guard n > 0 else { return [] }
+        let n = chunks.reduce(0) { $0 + $1.tokens.count }
+        guard chunks.count == states.count else { throw ModelError.cacheMismatch("\(chunks.count) chunks for \(states.count) states") }
         guard n <= maximumTokens else { throw ModelError.tooManyTokens(count: n, maximum: maximumTokens) }
-        for token in tokens where token < 0 || token >= c.vocabularySize {
-            throw ModelError.tokenOutOfRange(token: token, vocabularySize: c.vocabularySize)
+        for chunk in chunks {
+            guard !chunk.tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: maximumTokens) }
+            for token in chunk.tokens where token < 0 || token >= c.vocabularySize {
+                throw ModelError.tokenOutOfRange(token: token, vocabularySize: c.vocabularySize)
+            }
         }
-        let inner = c.innerSize, states = c.stateSize, rank = c.timeStepRank, kernel = c.convolutionKernel
-        for (i, token) in tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(i)) }
+        for state in states where state.convolution.count != c.layerCount || state.ssm.count != c.layerCount {
+            throw ModelError.cacheMismatch("a Mamba state of \(state.ssm.count) layers for a model of \(c.layerCount)")
+        }
+        let rank = c.timeStepRank
+        let groups = RowGroup.plan(chunks.map(\.tokens.count))
+        var rowStarts: [Int] = [], row = 0
+        for chunk in chunks {
+            rowStarts.append(row)
+            for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(row + i)) }
+            row += chunk.tokens.count
+        }
         for (index, layer) in layers.enumerated() {
             try Kernels.rmsNorm(hidden, weight: layer.norm, epsilon: c.normEpsilon, rows: n, output: normed)
-            try Kernels.matmul(weight: layer.inProjection, input: normed, rows: n, output: xz, context: context)
-            // Causal depthwise convolution over x, token by token, through the state window.
-            var window = state.convolution[index]
-            for t in 0..<n {
-                let input = xz.row(t), output = x.row(t)
-                for channel in 0..<inner {
-                    let taps = channel * kernel
-                    var sum = layer.convolutionBias[channel]
-                    for j in 0..<(kernel - 1) { sum += layer.convolution[taps + j] * window[channel * (kernel - 1) + j] }
-                    sum += layer.convolution[taps + kernel - 1] * input[channel]
-                    output[channel] = sum / (1 + Foundation.exp(-sum))  // SiLU
-                    if kernel > 1 {  // shift the window left and append this input
-                        let base = channel * (kernel - 1)
-                        for j in 0..<(kernel - 2) { window[base + j] = window[base + j + 1] }
-                        window[base + kernel - 2] = input[channel]
-                    }
-                }
+            try groups.matmul(layer.inProjection, normed, xz, context: context)
+            for (i, chunk) in chunks.enumerated() {
+                convolve(layer, rows: rowStarts[i]..<rowStarts[i] + chunk.tokens.count, window: &states[i].convolution[index])
             }
-            state.convolution[index] = window
-            try Kernels.matmul(weight: layer.xProjection, input: x, rows: n, output: dtBC, context: context)
+            try groups.matmul(layer.xProjection, x, dtBC, context: context)
             for t in 0..<n { dtIn.row(t).update(from: dtBC.row(t), count: rank) }
-            try Kernels.matmul(weight: layer.dtProjection, input: dtIn, rows: n, output: dt, context: context)
-            // The selective scan.
-            var h = state.ssm[index]
-            for t in 0..<n {
-                let delta = dt.row(t), b = dtBC.row(t) + rank, cc = dtBC.row(t) + rank + states
-                let u = x.row(t), out = y.row(t), z = xz.row(t) + inner
-                for channel in 0..<inner {
-                    let raw = delta[channel] + layer.dtBias[channel]
-                    let step = raw > 20 ? raw : Foundation.log1p(Foundation.exp(raw))  // softplus, as torch (threshold 20)
-                    var accumulated: Float = 0
-                    for s in 0..<states {
-                        let index = channel * states + s
-                        h[index] = Foundation.exp(layer.a[index] * step) * h[index] + step * b[s] * u[channel]
-                        accumulated += h[index] * cc[s]
-                    }
-                    let gate = z[channel] / (1 + Foundation.exp(-z[channel]))
-                    out[channel] = (accumulated + u[channel] * layer.d[channel]) * gate
-                }
+            try groups.matmul(layer.dtProjection, dtIn, dt, context: context)
+            for (i, chunk) in chunks.enumerated() {
+                scan(layer, rows: rowStarts[i]..<rowStarts[i] + chunk.tokens.count, state: &states[i].ssm[index])
             }
-            state.ssm[index] = h
-            try Kernels.matmul(weight: layer.outProjection, input: y, rows: n, output: projected, context: context)
+            try groups.matmul(layer.outProjection, y, projected, context: context)
             try Kernels.add(hidden, projected, rows: n, output: hidden)
         }
-        state.length += n
+        for (i, chunk) in chunks.enumerated() { states[i].length += chunk.tokens.count }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
-        return try outputLogits(normed, rows: Array((allLogits ? 0 : n - 1)..<n), head: outputHead, context: context).values()
+        var results: [[Float]] = []
+        for group in groups {
+            var selected: [Int] = []
+            for index in group.chunks {
+                let last = rowStarts[index] + chunks[index].tokens.count - 1
+                selected += chunks[index].allLogits ? Array(rowStarts[index]...last) : [last]
+            }
+            let logits = try outputLogits(normed, rows: selected, head: outputHead, path: group.path, context: context)
+            var next = 0
+            for index in group.chunks {
+                let count = chunks[index].allLogits ? chunks[index].tokens.count : 1
+                results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * c.vocabularySize)))
+                next += count
+            }
+        }
+        return results
+    }
+
+    /// Causal depthwise convolution + SiLU of x (the first half of `xz`) into `x`, token by
+    /// token through the sequence's window of previous inputs.
+    func convolve(_ layer: Layer, rows: Range<Int>, window: inout [Float]) {
+        let inner = configuration.innerSize, kernel = configuration.convolutionKernel
+        for t in rows {
+            let input = xz.row(t), output = x.row(t)
+            for channel in 0..<inner {
+                let taps = channel * kernel
+                var sum = layer.convolutionBias[channel]
+                for j in 0..<(kernel - 1) { sum += layer.convolution[taps + j] * window[channel * (kernel - 1) + j] }
+                sum += layer.convolution[taps + kernel - 1] * input[channel]
+                output[channel] = sum / (1 + Foundation.exp(-sum))  // SiLU
+                if kernel > 1 {  // shift the window left and append this input
+                    let base = channel * (kernel - 1)
+                    for j in 0..<(kernel - 2) { window[base + j] = window[base + j + 1] }
+                    window[base + kernel - 2] = input[channel]
+                }
+            }
+        }
+    }
+
+    /// The selective scan over one sequence's rows, gated by SiLU(z), into `y`.
+    func scan(_ layer: Layer, rows: Range<Int>, state h: inout [Float]) {
+        let inner = configuration.innerSize, states = configuration.stateSize, rank = configuration.timeStepRank
+        for t in rows {
+            let delta = dt.row(t), b = dtBC.row(t) + rank, cc = dtBC.row(t) + rank + states
+            let u = x.row(t), out = y.row(t), z = xz.row(t) + inner
+            for channel in 0..<inner {
+                let raw = delta[channel] + layer.dtBias[channel]
+                let step = raw > 20 ? raw : Foundation.log1p(Foundation.exp(raw))  // softplus, as torch (threshold 20)
+                var accumulated: Float = 0
+                for s in 0..<states {
+                    let index = channel * states + s
+                    h[index] = Foundation.exp(layer.a[index] * step) * h[index] + step * b[s] * u[channel]
+                    accumulated += h[index] * cc[s]
+                }
+                let gate = z[channel] / (1 + Foundation.exp(-z[channel]))
+                out[channel] = (accumulated + u[channel] * layer.d[channel]) * gate
+            }
+        }
+    }
+}
+
+/// New tokens for one sequence in a batched Mamba step.
+public struct MambaChunk: Sendable {
+    public var tokens: [Int]
+    /// Logits for every token or just the last.
+    public var allLogits: Bool
+
+    public init(tokens: [Int], allLogits: Bool = false) {
+        self.tokens = tokens
+        self.allLogits = allLogits
     }
 }

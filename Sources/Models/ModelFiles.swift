@@ -168,12 +168,51 @@ public struct ModelFiles: Sendable {
 
 /// Logits for the given rows of `normed` (gathered: a batch's last rows are not contiguous)
 /// through the output head: [rows.count][vocabulary].
-func outputLogits(_ normed: FloatBuffer, rows: [Int], head: Tensor, context: ComputeContext) throws -> FloatBuffer {
+func outputLogits(_ normed: FloatBuffer, rows: [Int], head: Tensor, path: Kernels.MatmulPath = .automatic,
+                  context: ComputeContext) throws -> FloatBuffer {
     let selected = try FloatBuffer(rows: rows.count, columns: normed.columns)
     for (i, source) in rows.enumerated() { selected.row(i).update(from: normed.row(source), count: normed.columns) }
     let logits = try FloatBuffer(rows: rows.count, columns: head.rows)
-    try Kernels.matmul(weight: head, input: selected, rows: rows.count, output: logits, context: context)
+    try Kernels.matmul(weight: head, input: selected, rows: 0..<rows.count, output: logits, path: path, context: context)
     return logits
+}
+
+/// Rows of one forward step that are multiplied together. Chunks shorter than
+/// `Kernels.gemmThreshold` (decode rows, speculative verification) share one row-wise
+/// group; every longer chunk (a prompt chunk) is its own group. A row's result then depends
+/// only on its own chunk, never on which other sequences share the step: batched output
+/// equals solo output.
+struct RowGroup {
+    var rows: Range<Int>
+    /// Index range of the chunks whose rows these are.
+    var chunks: Range<Int>
+    var rowwise: Bool
+    var path: Kernels.MatmulPath { rowwise ? .rowwise : .automatic }
+
+    static func plan(_ counts: [Int]) -> [RowGroup] {
+        var groups: [RowGroup] = []
+        var row = 0
+        for (index, count) in counts.enumerated() {
+            let small = count < Kernels.gemmThreshold
+            if small, let last = groups.last, last.rowwise {
+                groups[groups.count - 1].rows = last.rows.lowerBound..<row + count
+                groups[groups.count - 1].chunks = last.chunks.lowerBound..<index + 1
+            } else {
+                groups.append(RowGroup(rows: row..<row + count, chunks: index..<index + 1, rowwise: small))
+            }
+            row += count
+        }
+        return groups
+    }
+}
+
+extension Array where Element == RowGroup {
+    /// `output = weight · input` over every group's rows, each group by its own path.
+    func matmul(_ weight: Tensor, _ input: FloatBuffer, _ output: FloatBuffer, context: ComputeContext) throws {
+        for group in self {
+            try Kernels.matmul(weight: weight, input: input, rows: group.rows, output: output, path: group.path, context: context)
+        }
+    }
 }
 
 func orderedUnique(_ values: [Int]) -> [Int] {

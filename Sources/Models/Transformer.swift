@@ -147,21 +147,25 @@ public final class TransformerModel {
         sinTable.deallocate()
     }
 
-    /// output = down(silu(gate · input) · (up · input)) for the first `rows` rows.
-    func run(_ mlp: Expert, input: FloatBuffer, rows: Int, output: FloatBuffer) throws {
-        try Kernels.matmul(weight: mlp.gate, input: input, rows: rows, output: gateOut, context: context)
-        try Kernels.matmul(weight: mlp.up, input: input, rows: rows, output: upOut, context: context)
+    /// output = down(silu(gate · input) · (up · input)) over the groups' rows.
+    func run(_ mlp: Expert, input: FloatBuffer, groups: [RowGroup], output: FloatBuffer) throws {
+        let rows = groups.last?.rows.upperBound ?? 0
+        try groups.matmul(mlp.gate, input, gateOut, context: context)
+        try groups.matmul(mlp.up, input, upOut, context: context)
         try Kernels.swiglu(gate: gateOut, up: upOut, rows: rows, output: gateOut)
-        try Kernels.matmul(weight: mlp.down, input: gateOut, rows: rows, output: output, context: context)
+        try groups.matmul(mlp.down, gateOut, output, context: context)
     }
 
     /// Mixtral's sparse MLP, added into `hidden`: softmax over all experts' router logits
     /// (float32), the top k per token renormalized to sum to 1, then each selected expert
     /// runs once over the tokens routed to it (gathered into one matrix) and its output is
     /// added back scaled by each token's weight. Unselected experts' weights are not read.
-    func mixtureOfExperts(router: Tensor, experts: [Expert], rows n: Int) throws {
+    /// Tokens are routed group by group, so an expert's rows never mix decode rows with a
+    /// prompt chunk (see `RowGroup`).
+    func mixtureOfExperts(router: Tensor, experts: [Expert], groups: [RowGroup]) throws {
         let k = configuration.experts!.perToken, count = experts.count, h = configuration.hiddenSize
-        try Kernels.matmul(weight: router, input: normed, rows: n, output: routerLogits, context: context)
+        let n = groups.last?.rows.upperBound ?? 0
+        try groups.matmul(router, normed, routerLogits, context: context)
         try Kernels.softmax(routerLogits, rows: n)
         for token in 0..<n {
             // The k most probable experts, largest first (ties: lower index), by k scans of
@@ -179,19 +183,22 @@ public final class TransformerModel {
             }
             for slot in 0..<k { chosenWeight[first + slot] /= total }
         }
-        for (index, expert) in experts.enumerated() {
-            var rows = 0  // each token picks an expert at most once, so at most n rows
-            for choice in 0..<n * k where chosenExpert[choice] == index {
-                expertInput.row(rows).update(from: normed.row(choice / k), count: h)
-                routedChoice[rows] = choice
-                rows += 1
-            }
-            guard rows > 0 else { continue }
-            try run(expert, input: expertInput, rows: rows, output: expertOutput)
-            for row in 0..<rows {
-                let weight = chosenWeight[routedChoice[row]]
-                let target = hidden.row(routedChoice[row] / k), source = expertOutput.row(row)
-                for i in 0..<h { target[i] += weight * source[i] }
+        for group in groups {
+            for (index, expert) in experts.enumerated() {
+                var rows = 0  // each token picks an expert at most once, so at most n rows
+                for choice in group.rows.lowerBound * k..<group.rows.upperBound * k where chosenExpert[choice] == index {
+                    expertInput.row(rows).update(from: normed.row(choice / k), count: h)
+                    routedChoice[rows] = choice
+                    rows += 1
+                }
+                guard rows > 0 else { continue }
+                try run(expert, input: expertInput, groups: [RowGroup(rows: 0..<rows, chunks: group.chunks, rowwise: group.rowwise)],
+                        output: expertOutput)
+                for row in 0..<rows {
+                    let weight = chosenWeight[routedChoice[row]]
+                    let target = hidden.row(routedChoice[row] / k), source = expertOutput.row(row)
+                    for i in 0..<h { target[i] += weight * source[i] }
+                }
             }
         }
     }
@@ -211,9 +218,11 @@ public final class TransformerModel {
     }
 
     /// One step over several sequences at once: every weight matrix is read once for all
-    /// their rows (a decode step of N sequences is a matrix × matrix, not N matrix × vector
-    /// passes); RoPE, the KV writes and attention run per sequence. Returns each chunk's
-    /// logits ([rows][vocabulary], rows = its token count or 1).
+    /// their rows (a decode step of N sequences multiplies each weight tile with all N rows,
+    /// not N matrix × vector passes); RoPE, the KV writes and attention run per sequence.
+    /// Each row's result depends only on its own chunk (see `RowGroup`), so a sequence's
+    /// logits are the same whichever others share the step. Returns each chunk's logits
+    /// ([rows][vocabulary], rows = its token count or 1).
     public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) throws -> [[Float]] {
         let c = configuration
         let n = chunks.reduce(0) { $0 + $1.tokens.count }
@@ -238,15 +247,16 @@ public final class TransformerModel {
             row += chunk.tokens.count
         }
         for chunk in chunks { try cache.reserve(chunk.sequence, tokens: chunk.tokens.count) }
+        let groups = RowGroup.plan(chunks.map(\.tokens.count))
 
         for (index, chunk) in chunks.enumerated() {
             for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(rowStarts[index] + i)) }
         }
         for (layerIndex, layer) in layers.enumerated() {
             try Kernels.rmsNorm(hidden, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-            try Kernels.matmul(weight: layer.q, input: normed, rows: n, output: queries, context: context)
-            try Kernels.matmul(weight: layer.k, input: normed, rows: n, output: keys, context: context)
-            try Kernels.matmul(weight: layer.v, input: normed, rows: n, output: values, context: context)
+            try groups.matmul(layer.q, normed, queries, context: context)
+            try groups.matmul(layer.k, normed, keys, context: context)
+            try groups.matmul(layer.v, normed, values, context: context)
             try Kernels.addBias(queries, bias: layer.qBias, rows: n)
             try Kernels.addBias(keys, bias: layer.kBias, rows: n)
             try Kernels.addBias(values, bias: layer.vBias, rows: n)
@@ -263,33 +273,35 @@ public final class TransformerModel {
                                           sequence: chunk.sequence, layer: layerIndex, window: c.slidingWindow, output: attentionOutput,
                                           context: context)
             }
-            try Kernels.matmul(weight: layer.o, input: attentionOutput, rows: n, output: projected, context: context)
+            try groups.matmul(layer.o, attentionOutput, projected, context: context)
             try Kernels.addBias(projected, bias: layer.oBias, rows: n)
             try Kernels.add(hidden, projected, rows: n, output: hidden)
             try Kernels.rmsNorm(hidden, weight: layer.postNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
             switch layer.mlp {
             case let .dense(mlp):
-                try run(mlp, input: normed, rows: n, output: projected)
+                try run(mlp, input: normed, groups: groups, output: projected)
                 try Kernels.add(hidden, projected, rows: n, output: hidden)
             case let .experts(router, experts):
-                try mixtureOfExperts(router: router, experts: experts, rows: n)
+                try mixtureOfExperts(router: router, experts: experts, groups: groups)
             }
         }
         for chunk in chunks { try cache.append(chunk.sequence, tokens: chunk.tokens) }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-        // The rows whose logits were asked for, gathered for one output matmul.
-        var selectedRows: [Int] = []
-        for (index, chunk) in chunks.enumerated() {
-            let last = rowStarts[index] + chunk.tokens.count - 1
-            selectedRows += chunk.allLogits ? Array(rowStarts[index]...last) : [last]
-        }
-        let logits = try outputLogits(normed, rows: selectedRows, head: outputHead, context: context)
+        // Per group, the rows whose logits were asked for, gathered for one output matmul.
         var results: [[Float]] = []
-        var next = 0
-        for chunk in chunks {
-            let count = chunk.allLogits ? chunk.tokens.count : 1
-            results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * c.vocabularySize)))
-            next += count
+        for group in groups {
+            var selectedRows: [Int] = []
+            for index in group.chunks {
+                let chunk = chunks[index], last = rowStarts[index] + chunk.tokens.count - 1
+                selectedRows += chunk.allLogits ? Array(rowStarts[index]...last) : [last]
+            }
+            let logits = try outputLogits(normed, rows: selectedRows, head: outputHead, path: group.path, context: context)
+            var next = 0
+            for index in group.chunks {
+                let count = chunks[index].allLogits ? chunks[index].tokens.count : 1
+                results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * c.vocabularySize)))
+                next += count
+            }
         }
         return results
     }

@@ -16,6 +16,24 @@ public enum Kernels {
     /// `output` n columns.
     public static func matmul(weight: Tensor, input: FloatBuffer, rows m: Int, output: FloatBuffer,
                               context: ComputeContext) throws {
+        try matmul(weight: weight, input: input, rows: 0..<m, output: output, path: .automatic, context: context)
+    }
+
+    /// How `matmul` computes a group of rows.
+    public enum MatmulPath: Sendable {
+        /// GEMV below `gemmThreshold` rows, sgemm from there on (fastest).
+        case automatic
+        /// Always the GEMV kernels, whose result for a row does not depend on the other rows
+        /// in the call: batched decode rows then equal solo decode bit for bit (the
+        /// scheduler's batch invariance), while each group of weight rows is still read
+        /// from memory once for all activation rows.
+        case rowwise
+    }
+
+    /// `matmul` over the rows `rows` of `input` into the same rows of `output`, by `path`.
+    public static func matmul(weight: Tensor, input: FloatBuffer, rows range: Range<Int>, output: FloatBuffer,
+                              path: MatmulPath, context: ComputeContext) throws {
+        let m = range.count
         let n = weight.rows, k = weight.columns
         let operation = "matmul with '\(weight.name)' \(weight.elementType) \(weight.shape)"
         guard weight.shape.count == 2 else {
@@ -27,19 +45,20 @@ public enum Kernels {
         guard output.columns == n else {
             throw TensorError.shapeMismatch(operation: operation, detail: "output has \(output.columns) columns, expected \(n)")
         }
-        guard m >= 0, m <= input.rows, m <= output.rows else {
+        guard range.lowerBound >= 0, range.upperBound <= input.rows, range.upperBound <= output.rows else {
             throw TensorError.shapeMismatch(operation: operation,
-                                            detail: "\(m) rows requested, input has \(input.rows), output \(output.rows)")
+                                            detail: "rows \(range) requested, input has \(input.rows), output \(output.rows)")
         }
         guard m > 0, n > 0 else { return }
         guard k > 0 else {
-            for i in 0..<m { output.row(i).update(repeating: 0, count: n) }
+            for i in range { output.row(i).update(repeating: 0, count: n) }
             return
         }
-        if m >= gemmThreshold {
-            try gemm(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
+        let x = input.pointer + range.lowerBound * k, y = output.pointer + range.lowerBound * n
+        if m >= gemmThreshold && path == .automatic {
+            try gemm(weight: weight, input: x, rows: m, output: y, context: context)
         } else {
-            try gemv(weight: weight, input: input.pointer, rows: m, output: output.pointer, context: context)
+            try gemv(weight: weight, input: x, rows: m, output: y, context: context)
         }
     }
 

@@ -3,11 +3,29 @@ import TensorCore
 
 extension Tokenizer {
     /// Loads `tokenizer.json` (and `tokenizer_config.json` when present) from a folder.
+    ///
+    /// The chat template comes from tokenizer_config.json's `chat_template` or, as
+    /// transformers 4.43 and later save it, from a `chat_template.jinja` file beside it.
     public convenience init(directory: URL) throws {
         let path = directory.appendingPathComponent("tokenizer.json").path
         let root = try Self.readJSON(path)
         let configPath = directory.appendingPathComponent("tokenizer_config.json").path
-        let config = FileManager.default.fileExists(atPath: configPath) ? try Self.readJSON(configPath) : .object([])
+        var config = FileManager.default.fileExists(atPath: configPath) ? try Self.readJSON(configPath) : .object([])
+        let templatePath = directory.appendingPathComponent("chat_template.jinja").path
+        if config["chat_template"] == nil, case let .object(members) = config,
+           FileManager.default.fileExists(atPath: templatePath) {
+            let template: String
+            do {
+                let file = try MappedFile(path: templatePath)
+                guard let text = String(validating: file.bytes, as: UTF8.self) else {
+                    throw TokenizerError.unreadable(path: templatePath, reason: "not valid UTF-8")
+                }
+                template = text
+            } catch let error as TokenizerError { throw error } catch {
+                throw TokenizerError.unreadable(path: templatePath, reason: "\(error)")
+            }
+            config = .object(members + [("chat_template", .string(template))])
+        }
         try self.init(tokenizerJSON: root, config: config, path: path)
     }
 
