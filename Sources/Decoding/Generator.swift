@@ -35,6 +35,9 @@ public struct GenerationParameters: Sendable {
     /// Report the log-probabilities of each chosen token and of the `logprobs` most likely
     /// tokens (0: none), from the model's distribution before any sampler changed it.
     public var logprobs = 0
+    /// Draft tokens per speculative step, at most 6 (used when the generator has a draft
+    /// source; 0 turns speculation off for this request). The length adapts to acceptance.
+    public var draftTokens = 5
 
     public init() {}
 }
@@ -53,6 +56,9 @@ public struct GenerationStatistics: Sendable, Equatable {
     public var timeToFirstToken = 0.0
     public var prefillTokensPerSecond = 0.0
     public var decodeTokensPerSecond = 0.0
+    /// Draft tokens proposed to the target and how many it accepted (speculative decoding).
+    public var draftTokens = 0
+    public var acceptedDraftTokens = 0
 }
 
 /// A token's log-probability under the model.
@@ -82,67 +88,105 @@ public enum GenerationEvent: Sendable, Equatable {
 public struct GeneratorConfiguration: Sendable {
     /// Compute threads (nil: every core).
     public var threads: Int?
-    /// Bytes the KV cache may hold.
+    /// Bytes the KV cache may hold (shared by all running requests).
     public var kvMemoryBudget = 512 << 20
     public var kvElementType: ElementType = .f16
-    /// Tokens one forward step may process (longer prompts are prefilled in chunks).
+    /// Prompt tokens one step may prefill (longer prompts go in chunks, between decode steps).
     public var chunkSize = 256
+    /// Requests decoded together in one step; more wait for a place.
+    public var maximumBatch = 16
     /// Quantize weights at load (nil: as stored).
     public var quantization: ElementType?
+    /// Speculative decoding's draft source (nil: none).
+    public var draft: DraftSource?
 
     public init() {}
 }
 
-/// Loads a model once and streams text from it. Requests run one at a time on the
-/// generator's own thread (batching concurrent requests is the scheduler's job); the token
-/// loop never awaits. Cancelling the consumer stops the computation within one step.
+/// Loads a model once and streams text from it to any number of concurrent requests.
 ///
-/// `@unchecked Sendable`: the models and the KV cache are only touched by a generation's
-/// thread while it holds `lock`; everything else is immutable.
-public final class Generator: @unchecked Sendable {
+/// The generator's own thread runs a continuous-batching scheduler: concurrent `generate`
+/// calls decode together, one batched forward per step (see `Scheduler`), and a request's
+/// output does not depend on which others run beside it. Its token loop never awaits.
+/// Cancelling a consumer stops its computation within one step and frees its KV blocks.
+public final class Generator: Sendable {
     public let files: ModelFiles
     let configuration: GeneratorConfiguration
-    let engine: Engine
-    let lock = NSLock()
-    /// Forward passes run (guarded by `lock`; tests use it to see where a cancellation stopped).
-    var forwardPasses = 0
+    let scheduler: Scheduler
 
-    enum Engine {
-        case transformer(TransformerModel, PagedKVCache)
-        case mamba(MambaModel)
-    }
-
-    /// Loads a model folder or `.gguf` file.
+    /// Loads a model folder or `.gguf` file (and the draft model, when one is configured).
     public init(modelPath: String, configuration: GeneratorConfiguration = GeneratorConfiguration()) throws {
-        files = try ModelFiles.load(modelPath, options: LoadOptions(quantization: configuration.quantization, threads: configuration.threads))
+        guard configuration.chunkSize > 0, configuration.maximumBatch > 0, configuration.threads.map({ $0 > 0 }) ?? true else {
+            throw ConfigurationError.invalidValue(path: modelPath, key: "GeneratorConfiguration",
+                                                  detail: "chunkSize, maximumBatch and threads must be positive")
+        }
+        let options = LoadOptions(quantization: configuration.quantization, threads: configuration.threads)
+        files = try ModelFiles.load(modelPath, options: options)
         self.configuration = configuration
         let context = try ComputeContext(threads: configuration.threads)
+        let target = try Self.runner(files, configuration, context)
+        var draft: ModelRunner?
+        switch configuration.draft {
+        case let .model(path)?:
+            let draftFiles = try ModelFiles.load(path, options: LoadOptions(threads: configuration.threads))
+            guard draftFiles.tokenizer.vocabularySize == files.tokenizer.vocabularySize,
+                  draftFiles.tokenizer.tokens == files.tokenizer.tokens else {
+                throw ConfigurationError.invalidValue(path: path, key: "tokenizer",
+                                                      detail: "the draft model's vocabulary differs from the target's")
+            }
+            draft = try Self.runner(draftFiles, configuration, context)
+        case let .quantizedSelf(type)?:
+            draft = try Self.runner(try files.quantized(to: type, options: LoadOptions(threads: configuration.threads)), configuration, context)
+        case .ngram(let n)?:
+            guard n > 0 else { throw ConfigurationError.invalidValue(path: modelPath, key: "ngram", detail: "n must be positive") }
+        case nil: break
+        }
+        scheduler = Scheduler(target: target, draft: draft, draftSource: configuration.draft, tokenizer: files.tokenizer,
+                              chunkSize: configuration.chunkSize, maximumBatch: configuration.maximumBatch)
+    }
+
+    deinit { scheduler.shutDown() }
+
+    static func runner(_ files: ModelFiles, _ configuration: GeneratorConfiguration, _ context: ComputeContext) throws -> ModelRunner {
+        // A step holds one prompt chunk and every running request's decode row and drafts.
+        let rows = configuration.chunkSize + configuration.maximumBatch * (Speculation.maximumDraft + 1)
         switch files.configuration {
         case .transformer:
-            let model = try TransformerModel(files: files, context: context, maximumTokens: configuration.chunkSize)
-            engine = .transformer(model, try model.makeCache(memoryBudget: configuration.kvMemoryBudget, elementType: configuration.kvElementType))
+            let model = try TransformerModel(files: files, context: context, maximumTokens: rows)
+            return ModelRunner(.transformer(model, try model.makeCache(memoryBudget: configuration.kvMemoryBudget,
+                                                                       elementType: configuration.kvElementType)))
         case .mamba:
-            engine = .mamba(try MambaModel(files: files, context: context, maximumTokens: configuration.chunkSize))
+            return ModelRunner(.mamba(try MambaModel(files: files, context: context, maximumTokens: rows)))
         }
     }
 
     /// Streams the continuation of `prompt`.
     public func generate(_ prompt: Prompt, parameters: GenerationParameters = GenerationParameters()) -> AsyncThrowingStream<GenerationEvent, Error> {
         AsyncThrowingStream { continuation in
-            let cancelled = CancellationFlag()
-            continuation.onTermination = { _ in cancelled.set() }
-            let thread = Thread { [self] in
-                self.lock.lock()
-                defer { self.lock.unlock() }
-                do {
-                    try self.run(prompt, parameters: parameters, cancelled: cancelled) { continuation.yield($0) }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
+            let tokens: [Int]
+            do {
+                tokens = try promptTokens(for: prompt)
+                guard !tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
+                let vocabulary = files.tokenizer.vocabularySize
+                if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabulary }) {
+                    throw ModelError.tokenOutOfRange(token: bad, vocabularySize: vocabulary)
                 }
+            } catch {
+                continuation.finish(throwing: error)
+                return
             }
-            thread.stackSize = 8 << 20
-            thread.start()
+            let cancelled = CancellationFlag()
+            let scheduler = self.scheduler
+            continuation.onTermination = { _ in
+                cancelled.set()
+                scheduler.wake()
+            }
+            let speculate = configuration.draft != nil
+            scheduler.submit { id in
+                Request(id: id, prompt: tokens, parameters: parameters, tokenizer: files.tokenizer, endOfSequence: files.eosTokenIDs,
+                        speculate: speculate, cancelled: cancelled, yield: { continuation.yield($0) },
+                        end: { error in if let error { continuation.finish(throwing: error) } else { continuation.finish() } })
+            }
         }
     }
 
@@ -157,106 +201,6 @@ public final class Generator: @unchecked Sendable {
             }
         }
         return (text, .cancelled)
-    }
-
-    /// The token loop (on the generator's thread, holding the lock).
-    func run(_ prompt: Prompt, parameters: GenerationParameters, cancelled: CancellationFlag, emit: (GenerationEvent) -> Void) throws {
-        let start = Date()
-        let tokenizer = files.tokenizer
-        let promptTokens = try self.promptTokens(for: prompt)
-        guard !promptTokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
-        var statistics = GenerationStatistics()
-        statistics.promptTokens = promptTokens.count
-        var stops = Set(parameters.stopTokenIDs)
-        if !parameters.ignoreEndOfSequence { stops.formUnion(files.eosTokenIDs) }
-        var sampler = SamplerChain(temperature: parameters.temperature, topK: parameters.topK, topP: parameters.topP, minP: parameters.minP,
-                                   repetitionPenalty: parameters.repetitionPenalty, frequencyPenalty: parameters.frequencyPenalty,
-                                   presencePenalty: parameters.presencePenalty, penaltyWindow: parameters.penaltyWindow,
-                                   logitBias: parameters.logitBias, seed: parameters.seed)
-        var candidates = Candidates(capacity: tokenizer.vocabularySize)
-        var history = TokenHistory(promptTokens)
-        var detokenizer = tokenizer.makeStreamingDetokenizer(skipSpecialTokens: true)
-        var stopper = StopStringMatcher(parameters.stopStrings)
-
-        // The engine's state for this request; released however the loop ends.
-        var mambaState: MambaState?
-        var sequence: SequenceID?
-        defer {
-            if case let .transformer(_, cache) = engine, let sequence { try? cache.release(sequence) }
-        }
-        func step(_ tokens: [Int]) throws -> [Float] {
-            switch engine {
-            case let .transformer(model, cache):
-                var logits: [Float] = []
-                var start = 0
-                while start < tokens.count {  // prompts longer than a step go in chunks
-                    if cancelled.isSet { throw GenerationCancelled() }
-                    let end = min(tokens.count, start + configuration.chunkSize)
-                    logits = try model.forward(Array(tokens[start..<end]), sequence: sequence!, cache: cache)
-                    forwardPasses += 1
-                    start = end
-                }
-                return logits
-            case let .mamba(model):
-                var logits: [Float] = []
-                var start = 0
-                while start < tokens.count {
-                    if cancelled.isSet { throw GenerationCancelled() }
-                    let end = min(tokens.count, start + configuration.chunkSize)
-                    logits = try model.forward(Array(tokens[start..<end]), state: &mambaState!)
-                    forwardPasses += 1
-                    start = end
-                }
-                return logits
-            }
-        }
-        func finish(_ reason: StopReason) {
-            let rest = stopper.flush() + (reason == .stopSequence ? "" : detokenizer.finish())
-            if !rest.isEmpty { emit(.text(rest, tokens: [])) }
-            let elapsed = Date().timeIntervalSince(start)
-            statistics.decodeTokensPerSecond = statistics.generatedTokens > 1
-                ? Double(statistics.generatedTokens - 1) / max(elapsed - statistics.timeToFirstToken, 1e-9) : 0
-            emit(.finished(reason, statistics))
-        }
-
-        var logits: [Float]
-        switch engine {
-        case let .transformer(_, cache):
-            let (reusing, reused) = cache.makeSequence(reusingPrefixOf: promptTokens)
-            sequence = reusing
-            statistics.reusedPromptTokens = reused
-            do { logits = try step(Array(promptTokens[reused...])) } catch KVCacheError.outOfBlocks {
-                return finish(.contextFull)
-            } catch is GenerationCancelled {
-                return finish(.cancelled)
-            }
-        case let .mamba(model):
-            mambaState = model.makeState()
-            do { logits = try step(promptTokens) } catch is GenerationCancelled { return finish(.cancelled) }
-        }
-        statistics.prefillTokensPerSecond = Double(promptTokens.count - statistics.reusedPromptTokens) / max(Date().timeIntervalSince(start), 1e-9)
-
-        while true {
-            if cancelled.isSet { return finish(.cancelled) }
-            let next = logits.withUnsafeBufferPointer { buffer -> Int in
-                candidates.reset(buffer)
-                return sampler.select(&candidates, history: history)
-            }
-            if parameters.logprobs > 0 { emit(.logprobs(Self.logprobs(logits, chosen: next, top: parameters.logprobs))) }
-            if stops.contains(next) { return finish(.endOfSequence) }
-            statistics.generatedTokens += 1
-            if statistics.generatedTokens == 1 { statistics.timeToFirstToken = Date().timeIntervalSince(start) }
-            history.tokens.append(next)
-            let (text, stopped) = stopper.feed(try detokenizer.append(next))
-            if !text.isEmpty { emit(.text(text, tokens: [next])) }
-            if stopped { return finish(.stopSequence) }
-            if statistics.generatedTokens >= parameters.maxTokens { return finish(.maxTokens) }
-            do { logits = try step([next]) } catch KVCacheError.outOfBlocks {
-                return finish(.contextFull)
-            } catch is GenerationCancelled {
-                return finish(.cancelled)
-            }
-        }
     }
 
     /// log-softmax of `logits` for `chosen` and the `top` most likely tokens.
@@ -283,13 +227,11 @@ public final class Generator: @unchecked Sendable {
         }
     }
 
-    /// KV blocks free for new requests (all of them when nothing is running).
-    public var availableKVBlocks: Int? {
-        lock.lock()
-        defer { lock.unlock() }
-        if case let .transformer(_, cache) = engine { return cache.availableBlockCount }
-        return nil
-    }
+    /// KV blocks free for new requests (all of them when nothing is running; nil for Mamba).
+    public var availableKVBlocks: Int? { scheduler.availableBlocks }
+
+    /// Forward passes of the model so far (tests use it to see where a cancellation stopped).
+    var forwardPasses: Int { scheduler.forwardPasses }
 }
 
 /// Thrown inside a step when the consumer went away.

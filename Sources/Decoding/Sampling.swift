@@ -229,15 +229,37 @@ public struct SamplerChain: Sendable {
         self.init(processors: chain, generator: temperature > 0 ? SeededGenerator(seed: seed) : nil)
     }
 
+    /// Whether tokens are drawn at random (false: greedy).
+    public var isSampling: Bool { generator != nil }
+
+    /// Runs the processors over `candidates` and returns the distribution the draw would
+    /// use (a one-hot on the greedy choice when greedy), as (token, probability) pairs.
+    public func distribution(_ candidates: inout Candidates, history: TokenHistory) -> [(token: Int, probability: Double)] {
+        for processor in processors { processor.process(&candidates, history: history) }
+        guard generator != nil else { return [(Self.greedyChoice(candidates), 1)] }
+        let probabilities = candidates.probabilities()
+        return (0..<candidates.count).map { (Int(candidates.ids[$0]), probabilities[$0]) }
+    }
+
+    /// A uniform draw in [0, 1) from the request's generator (0 when greedy).
+    public mutating func uniform() -> Double {
+        guard var generator else { return 0 }
+        defer { self.generator = generator }
+        return Double(generator.next() >> 11) * 0x1p-53
+    }
+
+    /// The most likely candidate (ties: the lower id).
+    static func greedyChoice(_ candidates: Candidates) -> Int {
+        var best = 0
+        for i in 1..<max(candidates.count, 1) where candidates.logits[i] > candidates.logits[best]
+            || (candidates.logits[i] == candidates.logits[best] && candidates.ids[i] < candidates.ids[best]) { best = i }
+        return Int(candidates.ids[best])
+    }
+
     /// Picks the next token from `candidates` (already loaded with this step's logits).
     public mutating func select(_ candidates: inout Candidates, history: TokenHistory) -> Int {
         for processor in processors { processor.process(&candidates, history: history) }
-        guard var generator else {
-            var best = 0
-            for i in 1..<max(candidates.count, 1) where candidates.logits[i] > candidates.logits[best]
-                || (candidates.logits[i] == candidates.logits[best] && candidates.ids[i] < candidates.ids[best]) { best = i }
-            return Int(candidates.ids[best])
-        }
+        guard var generator else { return Self.greedyChoice(candidates) }
         let probabilities = candidates.probabilities()
         let u = Double(generator.next() >> 11) * 0x1p-53
         self.generator = generator

@@ -110,11 +110,26 @@ public final class MambaModel {
         return try forward([MambaChunk(tokens: tokens, allLogits: allLogits)], states: &states)[0]
     }
 
+    /// `forward(_:states:)` that also returns, for each chunk with `traceStates`, the
+    /// state after each of its tokens (traces[i][t]: after token t), so speculative decoding
+    /// can roll a sequence back to any verified position without recomputing.
+    public func forward(_ chunks: [MambaChunk], states: inout [MambaState], traces: inout [[MambaState]]) throws -> [[Float]] {
+        traces = zip(chunks, states).map { chunk, state in
+            chunk.traceStates ? [MambaState](repeating: state, count: chunk.tokens.count) : []
+        }
+        return try run(chunks, states: &states, traces: &traces)
+    }
+
     /// One step over several sequences: chunk i continues `states[i]` (which advances). The
     /// projections read each weight once for all rows (grouped as in the transformer, so a
     /// sequence's logits do not depend on the others in the step); the convolution and the
     /// scan run per sequence. Returns each chunk's logits ([rows][vocabulary]).
     public func forward(_ chunks: [MambaChunk], states: inout [MambaState]) throws -> [[Float]] {
+        var traces = [[MambaState]](repeating: [], count: chunks.count)
+        return try run(chunks, states: &states, traces: &traces)
+    }
+
+    func run(_ chunks: [MambaChunk], states: inout [MambaState], traces: inout [[MambaState]]) throws -> [[Float]] {
         let c = configuration
         let n = chunks.reduce(0) { $0 + $1.tokens.count }
         guard chunks.count == states.count else { throw ModelError.cacheMismatch("\(chunks.count) chunks for \(states.count) states") }
@@ -140,18 +155,27 @@ public final class MambaModel {
             try Kernels.rmsNorm(hidden, weight: layer.norm, epsilon: c.normEpsilon, rows: n, output: normed)
             try groups.matmul(layer.inProjection, normed, xz, context: context)
             for (i, chunk) in chunks.enumerated() {
-                convolve(layer, rows: rowStarts[i]..<rowStarts[i] + chunk.tokens.count, window: &states[i].convolution[index])
+                let rows = rowStarts[i]..<rowStarts[i] + chunk.tokens.count
+                convolve(layer, rows: rows, window: &states[i].convolution[index]) { t, window in
+                    if !traces[i].isEmpty { traces[i][t - rows.lowerBound].convolution[index] = window }
+                }
             }
             try groups.matmul(layer.xProjection, x, dtBC, context: context)
             for t in 0..<n { dtIn.row(t).update(from: dtBC.row(t), count: rank) }
             try groups.matmul(layer.dtProjection, dtIn, dt, context: context)
             for (i, chunk) in chunks.enumerated() {
-                scan(layer, rows: rowStarts[i]..<rowStarts[i] + chunk.tokens.count, state: &states[i].ssm[index])
+                let rows = rowStarts[i]..<rowStarts[i] + chunk.tokens.count
+                scan(layer, rows: rows, state: &states[i].ssm[index]) { t, h in
+                    if !traces[i].isEmpty { traces[i][t - rows.lowerBound].ssm[index] = h }
+                }
             }
             try groups.matmul(layer.outProjection, y, projected, context: context)
             try Kernels.add(hidden, projected, rows: n, output: hidden)
         }
-        for (i, chunk) in chunks.enumerated() { states[i].length += chunk.tokens.count }
+        for (i, chunk) in chunks.enumerated() {
+            for t in traces[i].indices { traces[i][t].length = states[i].length + t + 1 }
+            states[i].length += chunk.tokens.count
+        }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
         var results: [[Float]] = []
         for group in groups {
@@ -173,7 +197,7 @@ public final class MambaModel {
 
     /// Causal depthwise convolution + SiLU of x (the first half of `xz`) into `x`, token by
     /// token through the sequence's window of previous inputs.
-    func convolve(_ layer: Layer, rows: Range<Int>, window: inout [Float]) {
+    func convolve(_ layer: Layer, rows: Range<Int>, window: inout [Float], after: (Int, [Float]) -> Void) {
         let inner = configuration.innerSize, kernel = configuration.convolutionKernel
         for t in rows {
             let input = xz.row(t), output = x.row(t)
@@ -189,11 +213,12 @@ public final class MambaModel {
                     window[base + kernel - 2] = input[channel]
                 }
             }
+            after(t, window)
         }
     }
 
     /// The selective scan over one sequence's rows, gated by SiLU(z), into `y`.
-    func scan(_ layer: Layer, rows: Range<Int>, state h: inout [Float]) {
+    func scan(_ layer: Layer, rows: Range<Int>, state h: inout [Float], after: (Int, [Float]) -> Void) {
         let inner = configuration.innerSize, states = configuration.stateSize, rank = configuration.timeStepRank
         for t in rows {
             let delta = dt.row(t), b = dtBC.row(t) + rank, cc = dtBC.row(t) + rank + states
@@ -210,6 +235,7 @@ public final class MambaModel {
                 let gate = z[channel] / (1 + Foundation.exp(-z[channel]))
                 out[channel] = (accumulated + u[channel] * layer.d[channel]) * gate
             }
+            after(t, h)
         }
     }
 }
@@ -219,9 +245,12 @@ public struct MambaChunk: Sendable {
     public var tokens: [Int]
     /// Logits for every token or just the last.
     public var allLogits: Bool
+    /// Record the state after each token (see `forward(_:states:traces:)`).
+    public var traceStates: Bool
 
-    public init(tokens: [Int], allLogits: Bool = false) {
+    public init(tokens: [Int], allLogits: Bool = false, traceStates: Bool = false) {
         self.tokens = tokens
         self.allLogits = allLogits
+        self.traceStates = traceStates
     }
 }

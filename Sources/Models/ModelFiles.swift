@@ -145,7 +145,7 @@ public struct ModelFiles: Sendable {
 
     /// Float matrices (2-D, not the embedding, innermost dimension a whole number of
     /// blocks) converted to `type`.
-    func quantized(to type: ElementType, options: LoadOptions) throws -> ModelFiles {
+    public func quantized(to type: ElementType, options: LoadOptions = LoadOptions()) throws -> ModelFiles {
         guard type == .q8_0 || type == .q4_0 else {
             throw ConfigurationError.invalidValue(path: weights.path, key: "quantization", detail: "\(type) is not Q8_0 or Q4_0")
         }
