@@ -76,7 +76,9 @@ public struct TokenLogprobs: Sendable, Equatable {
 
 /// What a generation stream yields.
 public enum GenerationEvent: Sendable, Equatable {
-    /// New text (always complete UTF-8) and the tokens it came from.
+    /// New text (always complete UTF-8) and the generated tokens it completes: a token
+    /// whose bytes were held back (part of a character, or maybe of a stop string) arrives
+    /// with the text that completes it, so the events' ids add up to every generated token.
     case text(String, tokens: [Int])
     /// Log-probabilities of a generated token (only when `GenerationParameters.logprobs` > 0),
     /// sent before that token's text.

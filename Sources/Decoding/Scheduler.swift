@@ -22,6 +22,9 @@ final class Request {
     var history: TokenHistory
     var detokenizer: StreamingDetokenizer
     var stopper: StopStringMatcher
+    /// Generated tokens whose text is still held back (an incomplete UTF-8 sequence or a
+    /// possible stop string); they travel with the next text event.
+    var unsentTokens: [Int] = []
     var statistics = GenerationStatistics()
     let stops: Set<Int>
     var speculation: Speculation?
@@ -84,6 +87,7 @@ final class Scheduler: @unchecked Sendable {
     private var waiting: [Request] = []
     private var running: [Request] = []
     private var available: Int?
+    private var preempted = 0
 
     init(target: ModelRunner, draft: ModelRunner?, draftSource: DraftSource?, tokenizer: Tokenizer, chunkSize: Int, maximumBatch: Int) {
         self.target = target
@@ -111,6 +115,13 @@ final class Scheduler: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         return available
+    }
+
+    /// Requests preempted so far (their blocks freed, to be recomputed).
+    var preemptions: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return preempted
     }
 
     /// Queues a request; it joins the running batch at the next step.
@@ -251,6 +262,9 @@ final class Scheduler: @unchecked Sendable {
     }
 
     private func preempt(_ request: Request) {
+        condition.lock()
+        preempted += 1
+        condition.unlock()
         if let slot = request.slot { target.release(slot) }
         releaseDraft(request)
         request.slot = nil
@@ -327,7 +341,11 @@ final class Scheduler: @unchecked Sendable {
             fail(request, error)
             return false
         }
-        if !text.isEmpty { request.yield(.text(text, tokens: [token])) }
+        request.unsentTokens.append(token)
+        if !text.isEmpty {
+            request.yield(.text(text, tokens: request.unsentTokens))
+            request.unsentTokens.removeAll(keepingCapacity: true)
+        }
         if stopped {
             finish(request, .stopSequence)
             return false
@@ -353,7 +371,9 @@ final class Scheduler: @unchecked Sendable {
     private func finish(_ request: Request, _ reason: StopReason) {
         remove(request)
         let rest = request.stopper.flush() + (reason == .stopSequence ? "" : request.detokenizer.finish())
-        if !rest.isEmpty { request.yield(.text(rest, tokens: [])) }
+        if !rest.isEmpty || (!request.unsentTokens.isEmpty && reason != .stopSequence) {
+            request.yield(.text(rest, tokens: request.unsentTokens))
+        }
         var statistics = request.statistics
         let elapsed = Date().timeIntervalSince(request.submitted)
         statistics.decodeTokensPerSecond = statistics.generatedTokens > 1
