@@ -59,6 +59,8 @@ public struct GenerationStatistics: Sendable, Equatable {
     /// Draft tokens proposed to the target and how many it accepted (speculative decoding).
     public var draftTokens = 0
     public var acceptedDraftTokens = 0
+
+    public init() {}
 }
 
 /// A token's log-probability under the model.
@@ -169,7 +171,7 @@ public final class Generator: Sendable {
             do {
                 tokens = try promptTokens(for: prompt)
                 guard !tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
-                let vocabulary = files.tokenizer.vocabularySize
+                let vocabulary = scheduler.target.vocabularySize  // the model's: it may pad the tokenizer's
                 if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabulary }) {
                     throw ModelError.tokenOutOfRange(token: bad, vocabularySize: vocabulary)
                 }

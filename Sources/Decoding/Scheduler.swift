@@ -337,7 +337,10 @@ final class Scheduler: @unchecked Sendable {
         request.tokens.append(token)
         request.history.tokens.append(token)
         let text: String, stopped: Bool
-        do { (text, stopped) = request.stopper.feed(try request.detokenizer.append(token)) } catch {
+        // Ids past the tokenizer (models whose embedding is padded beyond the vocabulary,
+        // like Qwen2's) have no text, as in transformers' decode.
+        let known = token < tokenizer.vocabularySize
+        do { (text, stopped) = request.stopper.feed(known ? try request.detokenizer.append(token) : "") } catch {
             fail(request, error)
             return false
         }

@@ -82,3 +82,43 @@ public func llamaTensors(hidden: Int, mlp: Int, kvDimension: Int, vocabulary: In
     }
     return tensors
 }
+
+/// The shape of a random-weight Llama benchmark model.
+public struct LlamaShape: Sendable {
+    public var hidden, mlp, layers, heads, keyValueHeads, vocabulary: Int
+    public init(hidden: Int, mlp: Int, layers: Int, heads: Int, keyValueHeads: Int, vocabulary: Int = 32000) {
+        self.hidden = hidden; self.mlp = mlp; self.layers = layers; self.heads = heads
+        self.keyValueHeads = keyValueHeads; self.vocabulary = vocabulary
+    }
+    /// The ~1.1B (TinyLlama) and ~110M shapes of the performance issue.
+    public static func billion(layers: Int = 22) -> LlamaShape { LlamaShape(hidden: 2048, mlp: 5632, layers: layers, heads: 32, keyValueHeads: 4) }
+    public static let small = LlamaShape(hidden: 768, mlp: 2048, layers: 12, heads: 12, keyValueHeads: 12)
+    public var name: String { "llama-h\(hidden)-\(layers)l" }
+}
+
+/// Writes (once) a random-weight F16 Llama folder of `shape` under `work` with the test
+/// SentencePiece tokenizer, and returns its path.
+public func llamaFolder(_ shape: LlamaShape, work: URL) throws -> URL {
+    let folder = work.appendingPathComponent(shape.name)
+    if FileManager.default.fileExists(atPath: folder.appendingPathComponent("model.safetensors").path) { return folder }
+    print("writing the model to \(folder.path) ...")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    let d = shape.hidden / shape.heads
+    try writeSafetensors(folder.appendingPathComponent("model.safetensors"),
+                         tensors: llamaTensors(hidden: shape.hidden, mlp: shape.mlp, kvDimension: shape.keyValueHeads * d,
+                                               vocabulary: shape.vocabulary, layers: shape.layers))
+    let config = """
+    {"model_type":"llama","hidden_size":\(shape.hidden),"intermediate_size":\(shape.mlp),"num_hidden_layers":\(shape.layers),
+     "num_attention_heads":\(shape.heads),"num_key_value_heads":\(shape.keyValueHeads),"vocab_size":\(shape.vocabulary),
+     "rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":8192}
+    """
+    try config.write(to: folder.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
+    let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        try? FileManager.default.removeItem(at: folder.appendingPathComponent(file))
+        try FileManager.default.copyItem(at: repository.appendingPathComponent("Tests/Fixtures/tokenizers/sentencepiece/\(file)"),
+                                         to: folder.appendingPathComponent(file))
+    }
+    return folder
+}

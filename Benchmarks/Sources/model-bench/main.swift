@@ -16,31 +16,8 @@ let decodeLength = Int(option("--decode", "32"))!
 let layers = Int(option("--layers", "22"))!
 let types = option("--types", "f16,q8_0,q4_0").split(separator: ",").compactMap { ElementType(rawValue: String($0)) }
 let work = URL(fileURLWithPath: option("--work", "/tmp/quill-model-bench"))
-let hidden = 2048, mlp = 5632, heads = 32, kvHeads = 4, vocabulary = 32000, d = 64
-let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent()
-
-func writeModel(_ folder: URL) throws {
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    try writeSafetensors(folder.appendingPathComponent("model.safetensors"),
-                         tensors: llamaTensors(hidden: hidden, mlp: mlp, kvDimension: kvHeads * d, vocabulary: vocabulary, layers: layers))
-    let config = """
-    {"model_type":"llama","hidden_size":\(hidden),"intermediate_size":\(mlp),"num_hidden_layers":\(layers),"num_attention_heads":\(heads),
-     "num_key_value_heads":\(kvHeads),"vocab_size":\(vocabulary),"rms_norm_eps":1e-5,"rope_theta":10000.0,"max_position_embeddings":8192}
-    """
-    try config.write(to: folder.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
-    for file in ["tokenizer.json", "tokenizer_config.json"] {
-        try? FileManager.default.removeItem(at: folder.appendingPathComponent(file))
-        try FileManager.default.copyItem(at: repository.appendingPathComponent("Tests/Fixtures/tokenizers/sentencepiece/\(file)"),
-                                         to: folder.appendingPathComponent(file))
-    }
-}
-
-let folder = work.appendingPathComponent("llama-\(layers)l")
-if !FileManager.default.fileExists(atPath: folder.appendingPathComponent("model.safetensors").path) {
-    print("writing the model to \(folder.path) ...")
-    try writeModel(folder)
-}
+let hidden = 2048, mlp = 5632, heads = 32, kvHeads = 4, vocabulary = 32000
+let folder = try llamaFolder(.billion(layers: layers), work: work)
 let context = try ComputeContext(threads: threads)
 let measured = measureBandwidth(pool: context.pool)
 print(String(format: "Llama %d layers (hidden %d, MLP %d, %d/%d heads, vocabulary %d), %d threads, DRAM bandwidth %.1f GB/s",

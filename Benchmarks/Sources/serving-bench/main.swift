@@ -1,0 +1,167 @@
+// Serving benchmark: what continuous batching, prefix caching and speculative decoding buy.
+// Every figure is a ratio against a baseline measured in the same run.
+//
+//   swift run -c release serving-bench [--threads 2] [--models small,billion] [--type q4_0]
+//       [--streams 1,2,4,8,16] [--decode 32] [--history 1000] [--only batch|prefix|speculative]
+//       [--work /tmp/quill-model-bench] [--json results/serving.json]
+//
+// batch:       aggregate decode tokens/s of N concurrent greedy streams on one Generator,
+//              ÷ one stream (random-weight Llama 110M and 1.1B, quantized at load).
+// prefix:      time to first token of a second chat turn after --history tokens, with the
+//              first turn's blocks cached ÷ a cold generator (110M model).
+// speculative: greedy decode tokens/s on the bundled model with each draft source ÷ plain
+//              greedy, and the fraction of drafts accepted.
+import BenchKit
+import Foundation
+import Quill
+
+let threads = Int(option("--threads", "2"))!
+let models = option("--models", "small,billion").split(separator: ",").map(String.init)
+let type = ElementType(rawValue: option("--type", "q4_0"))
+let streamCounts = option("--streams", "1,2,4,8,16").split(separator: ",").compactMap { Int($0) }
+let decodeLength = Int(option("--decode", "32"))!
+let historyLength = Int(option("--history", "1000"))!
+let only = option("--only", "")
+let work = URL(fileURLWithPath: option("--work", "/tmp/quill-model-bench"))
+let jsonPath = option("--json", "")
+let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent()
+var report: [String: Any] = ["threads": threads]
+
+func generator(_ path: String, draft: DraftSource? = nil, quantization: ElementType? = nil, budget: Int = 1 << 30) throws -> Generator {
+    var configuration = GeneratorConfiguration()
+    configuration.threads = threads
+    configuration.kvMemoryBudget = budget
+    configuration.quantization = quantization
+    configuration.draft = draft
+    return try Generator(modelPath: path, configuration: configuration)
+}
+
+/// Runs the prompts concurrently; returns (generated tokens after each stream's first, seconds
+/// from the last stream's first token to the last stream's end) and the streams' statistics.
+func run(_ generator: Generator, prompts: [[Int]], parameters: GenerationParameters) async throws -> (tokens: Int, seconds: Double, statistics: [GenerationStatistics]) {
+    let start = seconds()
+    let results = try await withThrowingTaskGroup(of: (Double, Double, GenerationStatistics).self) { group in
+        for prompt in prompts {
+            group.addTask {
+                var first = 0.0, statistics = GenerationStatistics()
+                for try await event in generator.generate(.tokens(prompt), parameters: parameters) {
+                    if case .text = event, first == 0 { first = seconds() }
+                    if case let .finished(_, s) = event { statistics = s }
+                }
+                return (start + statistics.timeToFirstToken, seconds(), statistics)
+            }
+        }
+        var all: [(Double, Double, GenerationStatistics)] = []
+        for try await result in group { all.append(result) }
+        return all
+    }
+    let tokens = results.reduce(0) { $0 + max($1.2.generatedTokens - 1, 0) }
+    let firstTokens: Double = results.map { $0.0 }.max()!, end: Double = results.map { $0.1 }.max()!
+    let elapsed: Double = end - firstTokens
+    return (tokens: tokens, seconds: elapsed, statistics: results.map { $0.2 })
+}
+
+var greedy = GenerationParameters()
+greedy.maxTokens = decodeLength
+greedy.ignoreEndOfSequence = true
+var random = SystemRandomNumberGenerator()
+
+if only.isEmpty || only == "batch" {
+    var rows: [[String: Any]] = []
+    for name in models {
+        let shape: LlamaShape = name == "small" ? .small : .billion()
+        let folder = try llamaFolder(shape, work: work)
+        let g = try generator(folder.path, quantization: type)
+        _ = try await run(g, prompts: [[5, 6, 7, 8]], parameters: greedy)  // warm-up: weights paged in
+        var single = 0.0
+        print("\(shape.name) \(type?.description ?? "F16"), \(threads) threads, \(decodeLength) tokens per stream")
+        for count in streamCounts {
+            // Short distinct prompts, so the runs measure decoding (and share no prefix).
+            let prompts = (0..<count).map { _ in (0..<8).map { _ in Int.random(in: 3..<shape.vocabulary, using: &random) } }
+            var rates: [Double] = []
+            for _ in 0..<3 {
+                let result = try await run(g, prompts: prompts, parameters: greedy)
+                rates.append(Double(result.tokens) / result.seconds)
+            }
+            let rate = median(rates)
+            if count == 1 { single = rate }
+            print(String(format: "  %2d streams: %7.1f tok/s aggregate = %.2f × one stream", count, rate, rate / single))
+            rows.append(["model": shape.name, "streams": count, "tokens_per_second": rate, "ratio": rate / single])
+        }
+    }
+    report["batch"] = rows
+}
+
+if only.isEmpty || only == "prefix" {
+    let folder = try llamaFolder(.small, work: work)
+    let history = (0..<historyLength).map { _ in Int.random(in: 3..<32000, using: &random) }
+    let turn = history + (0..<24).map { _ in Int.random(in: 3..<32000, using: &random) }
+    var one = greedy
+    one.maxTokens = 1
+    var warmTimes: [Double] = [], coldTimes: [Double] = [], reused = 0
+    for _ in 0..<3 {
+        let cold = try generator(folder.path, quantization: type)
+        _ = try await run(cold, prompts: [[5, 6, 7]], parameters: one)  // pages the weights in, caches nothing of `turn`
+        coldTimes.append(try await run(cold, prompts: [turn], parameters: one).statistics[0].timeToFirstToken)
+        let warm = try generator(folder.path, quantization: type)
+        _ = try await run(warm, prompts: [history], parameters: one)  // the first turn
+        let second = try await run(warm, prompts: [turn], parameters: one).statistics[0]
+        warmTimes.append(second.timeToFirstToken)
+        reused = second.reusedPromptTokens
+    }
+    let (cold, warm) = (median(coldTimes), median(warmTimes))
+    print(String(format: "second turn after %d tokens (110M %@): time to first token %.1f ms cold, %.1f ms reusing %d tokens = %.1f× faster",
+                 historyLength, type?.description ?? "F16", cold * 1000, warm * 1000, reused, cold / warm))
+    report["prefix"] = ["history": historyLength, "cold_seconds": cold, "reused_seconds": warm, "reused_tokens": reused, "speedup": cold / warm]
+}
+
+if only.isEmpty || only == "speculative" {
+    let target = repository.appendingPathComponent("Examples/Models/quill-license").path
+    let draftModel = repository.appendingPathComponent("Examples/Models/quill-license-draft").path
+    let base = try generator(target)
+    let prompts = ["The GNU General Public License is", "Permission is hereby granted", "This License applies to"]
+    var parameters = greedy
+    parameters.maxTokens = 200
+    parameters.ignoreEndOfSequence = false
+    func rate(_ g: Generator) async throws -> (Double, Int, Int, [Int]) {
+        var times: [Double] = [], proposed = 0, accepted = 0, tokens: [Int] = []
+        for prompt in prompts {
+            let ids = try g.promptTokens(for: .text(prompt))
+            let t0 = seconds()
+            var generated = 0
+            for try await event in g.generate(.tokens(ids), parameters: parameters) {
+                if case let .text(_, t) = event { tokens += t }
+                if case let .finished(_, s) = event { generated = s.generatedTokens; proposed += s.draftTokens; accepted += s.acceptedDraftTokens }
+            }
+            times.append(Double(generated) / (seconds() - t0))
+        }
+        return (times.reduce(0, +) / Double(times.count), proposed, accepted, tokens)
+    }
+    _ = try await rate(base)
+    var rows: [[String: Any]] = []
+    let sources: [(String, DraftSource)] = [("draft model", .model(path: draftModel)), ("self Q4_0", .quantizedSelf(.q4_0)),
+                                            ("n-gram", .ngram(maximumN: 3))]
+    for (name, source) in sources {
+        let g = try generator(target, draft: source)
+        _ = try await rate(g)
+        var ratios: [Double] = [], acceptance = 0.0, same = true
+        for _ in 0..<3 {
+            let (plain, _, _, plainTokens) = try await rate(base)
+            let (speculative, proposed, accepted, tokens) = try await rate(g)
+            ratios.append(speculative / plain)
+            acceptance = Double(accepted) / Double(max(proposed, 1))
+            same = same && tokens == plainTokens
+        }
+        let ratio = median(ratios)
+        print(String(format: "speculative greedy, %@: %.2f× plain greedy tok/s, %.0f%% of drafts accepted, output identical: %@",
+                     name, ratio, acceptance * 100, same ? "yes" : "NO"))
+        rows.append(["source": name, "speedup": ratio, "acceptance": acceptance, "identical": same])
+    }
+    report["speculative"] = rows
+}
+
+if !jsonPath.isEmpty {
+    let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
+    try data.write(to: URL(fileURLWithPath: jsonPath))
+}
