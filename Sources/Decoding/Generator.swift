@@ -231,6 +231,55 @@ public final class Generator: Sendable {
         }
     }
 
+    /// Logits of every position of `tokens` as a fresh sequence (evaluation, scoring,
+    /// parity checks): [tokens.count][vocabulary]. Runs in chunks between generation steps.
+    public func logits(for tokens: [Int]) async throws -> [[Float]] {
+        var rows: [[Float]] = []
+        try await score(tokens) { _, row in rows.append(Array(row)) }
+        return rows
+    }
+
+    /// exp(mean negative log-likelihood) of each token of `tokens` given the ones before it;
+    /// `progress` receives the fraction done after each chunk.
+    public func perplexity(of tokens: [Int], progress: (@Sendable (Double) -> Void)? = nil) async throws -> Double {
+        guard tokens.count >= 2 else { throw ModelError.tooManyTokens(count: tokens.count, maximum: 2) }
+        var negativeLogLikelihood = 0.0
+        try await score(tokens, progress: progress) { position, row in
+            guard position + 1 < tokens.count else { return }
+            let maximum = Double(row.max() ?? 0)
+            let logSum = maximum + Foundation.log(row.reduce(0.0) { $0 + Foundation.exp(Double($1) - maximum) })
+            negativeLogLikelihood += logSum - Double(row[row.startIndex + tokens[position + 1]])
+        }
+        return Foundation.exp(negativeLogLikelihood / Double(tokens.count - 1))
+    }
+
+    /// Runs `tokens` through the model chunk by chunk and hands each position's logits to `body`.
+    func score(_ tokens: [Int], progress: (@Sendable (Double) -> Void)? = nil,
+               _ body: (Int, ArraySlice<Float>) throws -> Void) async throws {
+        guard !tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
+        let vocabulary = scheduler.target.vocabularySize
+        if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabulary }) { throw ModelError.tokenOutOfRange(token: bad, vocabularySize: vocabulary) }
+        let slot = try await scheduler.perform { $0.open(reusingPrefixOf: []).0 }
+        do {
+            var start = 0
+            while start < tokens.count {
+                try Task.checkCancellation()
+                let chunk = Array(tokens[start..<min(tokens.count, start + configuration.chunkSize)])
+                let logits = try await scheduler.perform { runner -> [Float] in
+                    try runner.reserve(slot, tokens: chunk.count)
+                    return try runner.forward([ModelRunner.Item(slot: slot, tokens: chunk, allLogits: true, traceStates: false)])[0]
+                }
+                for i in chunk.indices { try body(start + i, logits[i * vocabulary..<(i + 1) * vocabulary]) }
+                start += chunk.count
+                progress?(Double(start) / Double(tokens.count))
+            }
+        } catch {
+            _ = try? await scheduler.perform { $0.release(slot) }
+            throw error
+        }
+        _ = try await scheduler.perform { $0.release(slot) }
+    }
+
     /// KV blocks free for new requests (all of them when nothing is running; nil for Mamba).
     public var availableKVBlocks: Int? { scheduler.availableBlocks }
 

@@ -31,6 +31,8 @@ final class ModelRunner {
         var slot: Slot
         var tokens: [Int]
         var allLogits: Bool
+        /// Mamba: record the state after each token, so `rollback` can return to any of them.
+        var traceStates: Bool
     }
 
     let model: Model
@@ -98,8 +100,7 @@ final class ModelRunner {
         return (cache.availableBlockCount, cache.blockCount, cache.configuration.blockSize)
     }
 
-    /// One batched forward step; Mamba items with `allLogits` also record their states per
-    /// token, for `rollback`.
+    /// One batched forward step.
     func forward(_ items: [Item]) throws -> [[Float]] {
         switch model {
         case let .transformer(m, cache):
@@ -111,7 +112,7 @@ final class ModelRunner {
                 return state
             }
             var traces: [[MambaState]] = []
-            let logits = try m.forward(items.map { MambaChunk(tokens: $0.tokens, allLogits: $0.allLogits, traceStates: $0.allLogits) },
+            let logits = try m.forward(items.map { MambaChunk(tokens: $0.tokens, allLogits: $0.allLogits, traceStates: $0.traceStates) },
                                        states: &states, traces: &traces)
             for (index, item) in items.enumerated() {
                 mambaStates[item.slot] = states[index]

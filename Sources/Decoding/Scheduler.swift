@@ -81,6 +81,8 @@ final class Scheduler: @unchecked Sendable {
     let maximumBatch: Int
     private let condition = NSCondition()
     private var incoming: [Request] = []
+    /// Work to run on the thread between steps (scoring, evaluation).
+    private var jobs: [() -> Void] = []
     private var shuttingDown = false
     private var nextID = 0
     private var counter = 0
@@ -133,6 +135,16 @@ final class Scheduler: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Runs `body` with the target model on the scheduler's thread, between two steps.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (ModelRunner) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
+            condition.lock()
+            jobs.append { [target] in continuation.resume(with: Result { try body(target) }) }
+            condition.signal()
+            condition.unlock()
+        }
+    }
+
     /// Wakes the thread (a cancellation while it waits for nothing).
     func wake() {
         condition.lock()
@@ -151,14 +163,17 @@ final class Scheduler: @unchecked Sendable {
     private func loop() {
         while true {
             condition.lock()
-            while incoming.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown { condition.wait() }
-            if incoming.isEmpty && waiting.isEmpty && running.isEmpty && shuttingDown {
+            while incoming.isEmpty && jobs.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown { condition.wait() }
+            if incoming.isEmpty && jobs.isEmpty && waiting.isEmpty && running.isEmpty && shuttingDown {
                 condition.unlock()
                 return
             }
             waiting += incoming
             incoming.removeAll()
+            let work = jobs
+            jobs.removeAll()
             condition.unlock()
+            for job in work { job() }
             step()
         }
     }
@@ -204,7 +219,7 @@ final class Scheduler: @unchecked Sendable {
         let logits: [[Float]]
         do {
             logits = try target.forward(plan.map {
-                ModelRunner.Item(slot: $0.request.slot!, tokens: $0.tokens, allLogits: !$0.drafts.isEmpty)
+                ModelRunner.Item(slot: $0.request.slot!, tokens: $0.tokens, allLogits: !$0.drafts.isEmpty, traceStates: !$0.drafts.isEmpty)
             })
         } catch {
             for item in plan { fail(item.request, error) }
@@ -427,7 +442,7 @@ final class Scheduler: @unchecked Sendable {
         while start < request.tokens.count {
             let end = min(request.tokens.count, start + draft.maximumTokens)
             try draft.reserve(slot, tokens: end - start)
-            logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: Array(request.tokens[start..<end]), allLogits: false)])[0]
+            logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: Array(request.tokens[start..<end]), allLogits: false, traceStates: false)])[0]
             start = end
         }
         request.speculation?.held = request.tokens.count
@@ -451,7 +466,7 @@ final class Scheduler: @unchecked Sendable {
             history.tokens.append(token)
             if i < count - 1 {
                 try draft.reserve(slot, tokens: 1)
-                logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: [token], allLogits: false)])[0]
+                logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: [token], allLogits: false, traceStates: false)])[0]
             }
         }
         try draft.rollback(slot, to: request.tokens.count)

@@ -184,3 +184,35 @@ import Testing
         #expect(degrees >= 1 && degrees <= critical.count && statistic < critical[degrees - 1])
     }
 }
+
+@Suite struct ScoringTests {
+    /// `Generator.logits` (chunks of 16 between generation steps) gives transformers' logits,
+    /// for a transformer and for Mamba, and `perplexity` is the exp of their mean NLL.
+    @Test(arguments: ["llama-gqa", "mamba"])
+    func logitsAndPerplexityMatchTransformers(name: String) async throws {
+        let url = fixtureModels.appendingPathComponent("\(name)/logits.json")
+        let json = try Data(contentsOf: url).withUnsafeBytes { try StrictJSON.parse($0) }
+        guard case let .array(ids)? = json["prompt_ids"], case let .array(rows)? = json["logits"] else { Issue.record("fixture"); return }
+        let prompt = ids.compactMap { if case let .integer(i) = $0 { i } else { nil } }
+        let expected: [[Double]] = rows.map { row in
+            guard case let .array(values) = row else { return [] }
+            return values.compactMap { if case let .number(x) = $0 { x } else if case let .integer(i) = $0 { Double(i) } else { nil } }
+        }
+        let generator = try SchedulerTests.generator(name)
+        let logits = try await generator.logits(for: prompt)
+        #expect(logits.count == prompt.count)
+        var worst = 0.0
+        for (row, reference) in zip(logits, expected) {
+            for (value, target) in zip(row, reference) { worst = max(worst, abs(Double(value) - target)) }
+        }
+        #expect(worst < 1e-4, "max |Δ| \(worst)")
+        var nll = 0.0
+        for position in 0..<(prompt.count - 1) {
+            let row = expected[position], m = row.max()!
+            nll += m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[prompt[position + 1]]
+        }
+        let perplexity = try await generator.perplexity(of: prompt)
+        #expect(abs(perplexity - exp(nll / Double(prompt.count - 1))) < 1e-3 * perplexity)
+        await #expect(throws: ModelError.self) { _ = try await generator.logits(for: [0, 100_000]) }
+    }
+}
