@@ -103,6 +103,8 @@ public struct GeneratorConfiguration: Sendable {
     public var quantization: ElementType?
     /// Speculative decoding's draft source (nil: none).
     public var draft: DraftSource?
+    /// Called as the model loads (mapping, quantizing), from the loading thread.
+    public var progress: (@Sendable (LoadProgress) -> Void)?
 
     public init() {}
 }
@@ -124,7 +126,7 @@ public final class Generator: Sendable {
             throw ConfigurationError.invalidValue(path: modelPath, key: "GeneratorConfiguration",
                                                   detail: "chunkSize, maximumBatch and threads must be positive")
         }
-        let options = LoadOptions(quantization: configuration.quantization, threads: configuration.threads)
+        let options = LoadOptions(quantization: configuration.quantization, threads: configuration.threads, progress: configuration.progress)
         files = try ModelFiles.load(modelPath, options: options)
         self.configuration = configuration
         let context = try ComputeContext(threads: configuration.threads)
@@ -140,7 +142,8 @@ public final class Generator: Sendable {
             }
             draft = try Self.runner(draftFiles, configuration, context)
         case let .quantizedSelf(type)?:
-            draft = try Self.runner(try files.quantized(to: type, options: LoadOptions(threads: configuration.threads)), configuration, context)
+            let options = LoadOptions(threads: configuration.threads, progress: configuration.progress)
+            draft = try Self.runner(try files.quantized(to: type, options: options), configuration, context)
         case .ngram(let n)?:
             guard n > 0 else { throw ConfigurationError.invalidValue(path: modelPath, key: "ngram", detail: "n must be positive") }
         case nil: break
