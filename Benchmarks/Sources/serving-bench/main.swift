@@ -2,9 +2,12 @@
 // Every figure is a ratio against a baseline measured in the same run.
 //
 //   swift run -c release serving-bench [--threads 2] [--models small,billion] [--type q4_0]
-//       [--streams 1,2,4,8,16] [--decode 32] [--history 1000] [--only batch|prefix|speculative]
+//       [--streams 1,2,4,8,16] [--decode 32] [--history 1000] [--only overhead|batch|prefix|speculative]
 //       [--work /tmp/quill-model-bench] [--json results/serving.json]
 //
+// overhead:    Generator greedy decode tokens/s ÷ a bare loop of TransformerModel.forward and
+//              argmax on the same model (what the scheduler, sampler chain, detokenizer and
+//              async stream cost per token), alternating five rounds.
 // batch:       aggregate decode tokens/s of N concurrent greedy streams on one Generator,
 //              ÷ one stream (random-weight Llama 110M and 1.1B, quantized at load).
 // prefix:      time to first token of a second chat turn after --history tokens, with the
@@ -66,6 +69,45 @@ var greedy = GenerationParameters()
 greedy.maxTokens = decodeLength
 greedy.ignoreEndOfSequence = true
 var random = SystemRandomNumberGenerator()
+
+if only.isEmpty || only == "overhead" {
+    var rows: [[String: Any]] = []
+    for name in models {
+        let shape: LlamaShape = name == "small" ? .small : .billion()
+        let folder = try llamaFolder(shape, work: work)
+        let g = try generator(folder.path, quantization: type)
+        let files = try ModelFiles.load(folder.path, options: LoadOptions(quantization: type))
+        let model = try TransformerModel(files: files, context: try ComputeContext(threads: threads), maximumTokens: 8)
+        let cache = try model.makeCache(memoryBudget: 256 << 20)
+        let prompt = (0..<8).map { _ in Int.random(in: 3..<shape.vocabulary, using: &random) }
+        func bare() throws -> Double {
+            let sequence = cache.makeSequence()
+            defer { try? cache.release(sequence) }
+            var logits = try model.forward(prompt, sequence: sequence, cache: cache)
+            let start = seconds()
+            for _ in 0..<(decodeLength - 1) {
+                let next = logits.withUnsafeBufferPointer { Kernels.argmax($0)! }
+                logits = try model.forward([next], sequence: sequence, cache: cache)
+            }
+            return Double(decodeLength - 1) / (seconds() - start)
+        }
+        _ = try bare()
+        _ = try await run(g, prompts: [prompt], parameters: greedy)
+        var ratios: [Double] = [], bareRates: [Double] = [], generatorRates: [Double] = []
+        for _ in 0..<5 {
+            let b = try bare()
+            let r = try await run(g, prompts: [prompt], parameters: greedy).statistics[0].decodeTokensPerSecond
+            bareRates.append(b)
+            generatorRates.append(r)
+            ratios.append(r / b)
+        }
+        let ratio = median(ratios)
+        print(String(format: "%@ %@: Generator %.1f tok/s, bare forward loop %.1f tok/s: ratio %.3f (overhead %.1f%%)", shape.name,
+                     type?.description ?? "F16", median(generatorRates), median(bareRates), ratio, (1 - ratio) * 100))
+        rows.append(["model": shape.name, "generator": median(generatorRates), "bare": median(bareRates), "ratio": ratio])
+    }
+    report["overhead"] = rows
+}
 
 if only.isEmpty || only == "batch" {
     var rows: [[String: Any]] = []
