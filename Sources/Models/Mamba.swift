@@ -165,7 +165,7 @@ public final class MambaModel {
             try groups.matmul(layer.dtProjection, dtIn, dt, context: context)
             for (i, chunk) in chunks.enumerated() {
                 let rows = rowStarts[i]..<rowStarts[i] + chunk.tokens.count
-                scan(layer, rows: rows, state: &states[i].ssm[index]) { t, h in
+                try scan(layer, rows: rows, state: &states[i].ssm[index], tracing: !traces[i].isEmpty) { t, h in
                     if !traces[i].isEmpty { traces[i][t - rows.lowerBound].ssm[index] = h }
                 }
             }
@@ -217,24 +217,18 @@ public final class MambaModel {
         }
     }
 
-    /// The selective scan over one sequence's rows, gated by SiLU(z), into `y`.
-    func scan(_ layer: Layer, rows: Range<Int>, state h: inout [Float], after: (Int, [Float]) -> Void) {
-        let inner = configuration.innerSize, states = configuration.stateSize, rank = configuration.timeStepRank
+    /// The selective scan over one sequence's rows, gated by SiLU(z), into `y` (the
+    /// C kernel; token by token when the states after each token are wanted).
+    func scan(_ layer: Layer, rows: Range<Int>, state h: inout [Float], tracing: Bool, after: (Int, [Float]) -> Void) throws {
+        let c = configuration
+        func run(_ rows: Range<Int>) throws {
+            try Kernels.selectiveScan(state: &h, a: layer.a, dtBias: layer.dtBias, d: layer.d, delta: dt, bc: dtBC,
+                                      bcColumn: c.timeStepRank, u: x, z: xz, zColumn: c.innerSize, output: y, rows: rows,
+                                      states: c.stateSize, context: context)
+        }
+        guard tracing else { return try run(rows) }
         for t in rows {
-            let delta = dt.row(t), b = dtBC.row(t) + rank, cc = dtBC.row(t) + rank + states
-            let u = x.row(t), out = y.row(t), z = xz.row(t) + inner
-            for channel in 0..<inner {
-                let raw = delta[channel] + layer.dtBias[channel]
-                let step = raw > 20 ? raw : Foundation.log1p(Foundation.exp(raw))  // softplus, as torch (threshold 20)
-                var accumulated: Float = 0
-                for s in 0..<states {
-                    let index = channel * states + s
-                    h[index] = Foundation.exp(layer.a[index] * step) * h[index] + step * b[s] * u[channel]
-                    accumulated += h[index] * cc[s]
-                }
-                let gate = z[channel] / (1 + Foundation.exp(-z[channel]))
-                out[channel] = (accumulated + u[channel] * layer.d[channel]) * gate
-            }
+            try run(t..<t + 1)
             after(t, h)
         }
     }

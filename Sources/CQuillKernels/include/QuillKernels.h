@@ -144,6 +144,28 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
                            int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
                            float *scratch);
 
+// MARK: - Mamba
+
+/// Operands of Mamba's selective scan over `tokens` consecutive tokens (rows of the
+/// activation buffers, each with its stride in floats).
+typedef struct {
+    float *h;                    ///< [inner × states] state, updated in place
+    const float *a;              ///< [inner × states] A = -exp(A_log)
+    const float *dt_bias;        ///< [inner]
+    const float *d;              ///< [inner] skip weights
+    const float *delta;          ///< [tokens][inner] dt_proj output, before bias and softplus
+    const float *bc;             ///< [tokens]: B at bc[0..states), C at bc[states..2·states)
+    const float *u;              ///< [tokens][inner] conv output (x)
+    const float *z;              ///< [tokens][inner] gate
+    float *y;                    ///< [tokens][inner] output
+    int64_t delta_stride, bc_stride, u_stride, z_stride, y_stride;
+    int64_t tokens, states;
+} quill_mamba_scan_args;
+
+/// Channels [c0, c1) of the scan: step = softplus(delta + dt_bias); h = exp(a·step)·h +
+/// step·B·u; y = (h·C + u·d)·silu(z), token after token.
+void quill_mamba_scan(const quill_mamba_scan_args *args, int64_t c0, int64_t c1);
+
 // MARK: - Thread pool
 
 typedef struct quill_pool quill_pool;

@@ -1,0 +1,57 @@
+import Foundation
+import Testing
+@testable import TensorCore
+
+/// The selective-scan kernel on both paths against a float64 evaluation of Mamba's
+/// recurrence (transformers' `slow_forward`), over several tokens, odd channel counts and
+/// state sizes that are and are not multiples of the vector width.
+@Suite struct SelectiveScanTests {
+    @Test(arguments: [KernelLevel.scalar, .avx2], [(inner: 70, states: 16), (inner: 9, states: 8), (inner: 33, states: 5)])
+    func scanMatchesAFloat64Reference(level: KernelLevel, shape: (inner: Int, states: Int)) throws {
+        let (inner, n, tokens) = (shape.inner, shape.states, 5)
+        var random = SeededGenerator(seed: UInt64(inner * 100 + n))
+        func values(_ count: Int, _ range: ClosedRange<Float>) -> [Float] {
+            (0..<count).map { _ in range.lowerBound + (range.upperBound - range.lowerBound) * Float(random.next() >> 40) / Float(1 << 24) }
+        }
+        let a = values(inner * n, -2 ... -0.05), dtBias = values(inner, -1...1), d = values(inner, -1...1)
+        let delta = try FloatBuffer(rows: tokens, columns: inner), u = try FloatBuffer(rows: tokens, columns: inner)
+        let bc = try FloatBuffer(rows: tokens, columns: 3 + 2 * n), z = try FloatBuffer(rows: tokens, columns: 2 * inner)
+        let y = try FloatBuffer(rows: tokens, columns: inner)
+        for t in 0..<tokens {
+            // One large delta exercises softplus's linear branch (> 20).
+            for (i, v) in values(inner, -3...3).enumerated() { delta.row(t)[i] = i == 0 && t == 1 ? 25 : v }
+            for (i, v) in values(inner, -2...2).enumerated() { u.row(t)[i] = v }
+            for (i, v) in values(3 + 2 * n, -1...1).enumerated() { bc.row(t)[i] = v }
+            for (i, v) in values(2 * inner, -3...3).enumerated() { z.row(t)[i] = v }
+        }
+        let initial = values(inner * n, -1...1)
+        var h = initial
+        try KernelLevel.withThreadLevel(level) {
+            try Kernels.selectiveScan(state: &h, a: a, dtBias: dtBias, d: d, delta: delta, bc: bc, bcColumn: 3, u: u, z: z, zColumn: inner,
+                                      output: y, rows: 0..<tokens, states: n, context: try ComputeContext(threads: 1))
+        }
+        var reference = initial.map(Double.init)
+        for t in 0..<tokens {
+            for ch in 0..<inner {
+                let raw = Double(delta.row(t)[ch] + dtBias[ch])
+                let step = raw > 20 ? raw : log1p(exp(raw))
+                var accumulated = 0.0
+                for s in 0..<n {
+                    let index = ch * n + s
+                    reference[index] = exp(Double(a[index]) * step) * reference[index] + step * Double(bc.row(t)[3 + s]) * Double(u.row(t)[ch])
+                    accumulated += reference[index] * Double(bc.row(t)[3 + n + s])
+                }
+                let gate = Double(z.row(t)[inner + ch]), silu = gate / (1 + exp(-gate))
+                let expected = (accumulated + Double(u.row(t)[ch]) * Double(d[ch])) * silu
+                #expect(abs(Double(y.row(t)[ch]) - expected) <= 1e-5 * max(1, abs(expected)), "\(level) t \(t) channel \(ch)")
+            }
+        }
+        for (value, expected) in zip(h, reference) { #expect(abs(Double(value) - expected) <= 1e-5 * max(1, abs(expected))) }
+        // A state of the wrong size is refused, not read past.
+        var short = [Float](repeating: 0, count: 3)
+        #expect(throws: TensorError.self) {
+            try Kernels.selectiveScan(state: &short, a: a, dtBias: dtBias, d: d, delta: delta, bc: bc, bcColumn: 3, u: u, z: z, zColumn: inner,
+                                      output: y, rows: 0..<tokens, states: n, context: try ComputeContext(threads: 1))
+        }
+    }
+}
