@@ -4,9 +4,9 @@
 deps:
 	@./Scripts/install-deps.sh
 
-## Runs the example program.
+## Runs the example program: greedy text from the bundled model.
 run: deps
-	swift run --package-path Examples -c release quill
+	swift run --package-path Examples -c release quill generate "The GNU General Public License"
 
 ## Runs the test suite.
 test: deps

@@ -22,6 +22,7 @@ let package = Package(
         .executableTarget(name: "files-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
         .executableTarget(name: "model-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
         .executableTarget(name: "attention-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
+        .executableTarget(name: "compare-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
         .executableTarget(name: "context-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
         .executableTarget(name: "serving-bench", dependencies: ["BenchKit", .product(name: "Quill", package: "Quill")]),
     ],
