@@ -6,7 +6,7 @@ deps:
 
 ## Runs the example program: greedy text from the bundled model.
 run: deps
-	swift run --package-path Examples -c release quill generate "The GNU General Public License"
+	swift run --package-path Examples -c release quill generate "The licenses for most software are designed"
 
 ## Runs the test suite.
 test: deps

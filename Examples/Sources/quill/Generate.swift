@@ -38,7 +38,7 @@ struct Generate: AsyncParsableCommand {
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var sampling: SamplingOptions
-    @Argument(help: "The prompt.") var prompt: String = "The GNU General Public License"
+    @Argument(help: "The prompt.") var prompt: String = "The licenses for most software are designed"
     @Option(help: "The prompt as token ids (1,2,3) instead of text.") var tokens: String?
     @Flag(help: "Print one JSON object at the end instead of streaming.") var json = false
 
