@@ -326,6 +326,7 @@ final class Scheduler: @unchecked Sendable {
             history.tokens.append(item.drafts[i])
         }
         let kept = chosen.count - 1
+        if !item.drafts.isEmpty { keepAcceptedDrafts(request, drafted: item.drafts.count, kept: kept) }
         if !item.drafts.isEmpty {
             request.speculation?.record(drafted: item.drafts.count, kept: kept)
             request.statistics.draftTokens += item.drafts.count
@@ -469,8 +470,23 @@ final class Scheduler: @unchecked Sendable {
                 logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: [token], allLogits: false, traceStates: false)])[0]
             }
         }
-        try draft.rollback(slot, to: request.tokens.count)
         return (drafts, request.sampler.isSampling ? distributions : nil)
+    }
+
+    /// Rolls the draft model's sequence back to what the target kept: the draft fed all but
+    /// its last proposal, so it keeps the accepted ones a transformer can truncate to (Mamba
+    /// returns to its snapshot from before drafting, which the runner holds).
+    private func keepAcceptedDrafts(_ request: Request, drafted: Int, kept: Int) {
+        guard let draft, let slot = request.speculation?.slot, let held = request.speculation?.held else { return }
+        var keep = held
+        if case .transformer = draft.model { keep = held + min(kept, drafted - 1) }
+        do {
+            try draft.rollback(slot, to: keep)
+            request.speculation?.held = keep
+        } catch {
+            releaseDraft(request)
+            request.speculation = nil
+        }
     }
 
     private func releaseDraft(_ request: Request) {

@@ -97,6 +97,9 @@ import Testing
     /// draft source and for dense, mixture-of-experts and Mamba targets.
     @Test(arguments: [
         ("llama-gqa", DraftSource.model(path: fixtureModels.appendingPathComponent("llama3-tied").path)),
+        // A model drafting for itself: every draft is accepted, so the draft's cache keeps them.
+        ("llama-gqa", .model(path: fixtureModels.appendingPathComponent("llama-gqa").path)),
+        ("mamba", .model(path: fixtureModels.appendingPathComponent("mamba").path)),
         ("llama-gqa", .quantizedSelf(.q8_0)), ("llama-gqa", .ngram(maximumN: 3)),
         ("mixtral-moe", .quantizedSelf(.q8_0)), ("mixtral-moe", .ngram(maximumN: 3)),
         ("mamba", .model(path: fixtureModels.appendingPathComponent("llama-gqa").path)),
@@ -111,6 +114,7 @@ import Testing
         let s = try #require(speculative.statistics)
         print("\(name) \(draft): \(s.acceptedDraftTokens)/\(s.draftTokens) drafts accepted")
         #expect(s.draftTokens > 0)
+        if case let .model(path) = draft, path.hasSuffix(name) { #expect(s.acceptedDraftTokens == s.draftTokens) }
     }
 }
 
