@@ -187,6 +187,8 @@ final class Scheduler: @unchecked Sendable {
         let drafts: [Int]
         let draftDistributions: [[(token: Int, probability: Double)]]?
         var isFinal: Bool
+        /// Seconds spent drafting for this request this step.
+        var draftSeconds = 0.0
     }
 
     private func step() {
@@ -200,9 +202,11 @@ final class Scheduler: @unchecked Sendable {
         for request in running {
             let remaining = request.tokens.count - request.computed
             if remaining == 1 {
+                let started = Date()
                 let (drafts, distributions) = propose(for: request)
                 plan.append(Planned(request: request, tokens: [request.tokens.last!] + drafts, drafts: drafts,
-                                    draftDistributions: distributions, isFinal: true))
+                                    draftDistributions: distributions, isFinal: true,
+                                    draftSeconds: Date().timeIntervalSince(started)))
             } else if prefill == nil {
                 prefill = request
             }
@@ -217,6 +221,7 @@ final class Scheduler: @unchecked Sendable {
         guard !plan.isEmpty else { return }
 
         let logits: [[Float]]
+        let forwardStarted = Date()
         do {
             logits = try target.forward(plan.map {
                 ModelRunner.Item(slot: $0.request.slot!, tokens: $0.tokens, allLogits: !$0.drafts.isEmpty, traceStates: !$0.drafts.isEmpty)
@@ -228,7 +233,8 @@ final class Scheduler: @unchecked Sendable {
         condition.lock()
         counter += 1
         condition.unlock()
-        for (item, rows) in zip(plan, logits) { advance(item, logits: rows) }
+        let forwardSeconds = Date().timeIntervalSince(forwardStarted)
+        for (item, rows) in zip(plan, logits) { advance(item, logits: rows, forwardSeconds: forwardSeconds) }
     }
 
     /// Admits waiting requests, oldest first, while the batch has room and the KV pool has
@@ -290,7 +296,7 @@ final class Scheduler: @unchecked Sendable {
 
     // MARK: - After the forward pass
 
-    private func advance(_ item: Planned, logits: [Float]) {
+    private func advance(_ item: Planned, logits: [Float], forwardSeconds: Double) {
         let request = item.request
         let before = request.computed
         request.computed += item.tokens.count
@@ -326,9 +332,11 @@ final class Scheduler: @unchecked Sendable {
             history.tokens.append(item.drafts[i])
         }
         let kept = chosen.count - 1
-        if !item.drafts.isEmpty { keepAcceptedDrafts(request, drafted: item.drafts.count, kept: kept) }
-        if !item.drafts.isEmpty {
-            request.speculation?.record(drafted: item.drafts.count, kept: kept)
+        if item.drafts.isEmpty {
+            if item.tokens.count == 1 { request.speculation?.recordPlain(seconds: forwardSeconds) }
+        } else {
+            keepAcceptedDrafts(request, drafted: item.drafts.count, kept: kept)
+            request.speculation?.record(drafted: item.drafts.count, kept: kept, seconds: item.draftSeconds + forwardSeconds)
             request.statistics.draftTokens += item.drafts.count
             request.statistics.acceptedDraftTokens += kept
             do { try target.rollback(request.slot!, to: before + 1 + kept) } catch { return fail(request, error) }

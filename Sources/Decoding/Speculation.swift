@@ -74,20 +74,30 @@ struct Speculation {
     /// decoding bit for bit (so greedy speculation reproduces greedy decoding exactly).
     static let maximumDraft = Kernels.gemmThreshold - 2
     var draftLength: Int
-    /// Steps left with drafting paused because acceptance fell too low.
-    var pause = 0
+    /// Steps left with drafting paused (acceptance too low, or speculation measured slower
+    /// than plain decoding). The first step is plain, to measure plain decoding's speed.
+    var pause = 1
+    /// Exponential averages of tokens per second in plain and in speculative steps (0: not
+    /// measured yet), timed on the scheduler's clock.
+    var plainRate = 0.0
+    var speculativeRate = 0.0
     /// Exponential average of the fraction of drafts accepted.
     var acceptance = 1.0
-    var proposed = 0
-    var accepted = 0
     /// The draft model's sequence and how many of the request's tokens it holds.
     var slot: ModelRunner.Slot?
-    var draftLength0 = 0
+    /// The longest draft the request asked for.
+    let longestDraft: Int
     var held = 0
 
     init(draftTokens: Int) {
         draftLength = min(max(draftTokens, 0), Self.maximumDraft)
-        draftLength0 = draftLength
+        longestDraft = draftLength
+    }
+
+    /// Records a plain step's duration.
+    mutating func recordPlain(seconds: Double) {
+        guard seconds > 0 else { return }
+        plainRate = plainRate == 0 ? 1 / seconds : 0.7 * plainRate + 0.3 / seconds
     }
 
     /// Tokens to draft this step (0: plain decoding).
@@ -96,22 +106,29 @@ struct Speculation {
         return draftLength
     }
 
-    /// Adapts after a verification of `drafted` tokens of which `kept` were accepted: grow
-    /// when all pass, shrink on a rejection, and pause drafting for a while when acceptance
-    /// stays low (so speculation never makes a run much slower than plain decoding).
-    mutating func record(drafted: Int, kept: Int) {
+    /// Adapts after a verification of `drafted` tokens of which `kept` were accepted, which
+    /// took `seconds` (drafting and the step): grow when all pass, shrink on a rejection, and
+    /// pause drafting for a while when acceptance stays low or speculative steps yield fewer
+    /// tokens per second than plain ones, so speculation never makes a run much slower than
+    /// plain decoding. Paused runs try again later (the text may become predictable).
+    mutating func record(drafted: Int, kept: Int, seconds: Double) {
         guard drafted > 0 else { return }
-        proposed += drafted
-        accepted += kept
         acceptance = 0.7 * acceptance + 0.3 * Double(kept) / Double(drafted)
+        if seconds > 0 {
+            let rate = Double(kept + 1) / seconds
+            speculativeRate = speculativeRate == 0 ? rate : 0.7 * speculativeRate + 0.3 * rate
+        }
         if kept == drafted {
-            draftLength = min(draftLength0, draftLength + 1)
+            draftLength = min(longestDraft, draftLength + 1)
         } else {
             draftLength = max(1, kept + 1)
         }
         if acceptance < 0.25 {
             pause = 8
             acceptance = 0.5
+        } else if plainRate > 0, speculativeRate > 0, speculativeRate < plainRate {
+            pause = 32
+            speculativeRate = 0  // measured afresh after the pause
         }
     }
 }
