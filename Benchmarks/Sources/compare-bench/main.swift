@@ -97,6 +97,13 @@ final class QuillRunner {
         }
     }
 
+    /// Pages the weights in (the first pass over a mapped file pays for page faults).
+    func warmUp() throws {
+        let s = try sequence()
+        _ = try s.advance(tokens(64))
+        s.release()
+    }
+
     func measure() throws -> [String: Double] {
         var result: [String: Double] = [:]
         for n in [128, 512] {
@@ -134,7 +141,7 @@ for name in models {
     for threads in threadCounts {
         let quill = try QuillRunner(file, threads: threads)
         var ours: [String: [Double]] = [:], theirs: [String: [Double]] = [:]
-        _ = try quill.measure()  // warm-up: pages the weights in
+        try quill.warmUp()
         for _ in 0..<rounds {
             for (key, value) in try llamaCpp(file, threads: threads) { theirs[key, default: []].append(value) }
             for (key, value) in try quill.measure() { ours[key, default: []].append(value) }
