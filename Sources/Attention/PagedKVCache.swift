@@ -17,6 +17,7 @@ public enum KVCacheError: Error, Equatable, CustomStringConvertible {
     case unknownSequence(Int)
     case positionOutOfRange(sequence: Int, position: Int, length: Int)
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .outOfBlocks(needed, available): return "KV cache full: \(needed) blocks needed, \(available) available"
@@ -30,8 +31,11 @@ public enum KVCacheError: Error, Equatable, CustomStringConvertible {
 
 /// The shape of a KV cache.
 public struct KVCacheConfiguration: Sendable, Equatable {
+    /// Transformer layers whose keys and values the cache holds.
     public var layers: Int
+    /// Key/value heads per layer.
     public var keyValueHeads: Int
+    /// Elements per head vector.
     public var headDimension: Int
     /// Tokens per block (vLLM's default, 16).
     public var blockSize: Int
@@ -40,6 +44,7 @@ public struct KVCacheConfiguration: Sendable, Equatable {
     /// Bytes the pool may use; the pool holds as many whole blocks as fit.
     public var memoryBudget: Int
 
+    /// Describes a cache; blocks default to 16 tokens and storage to F16.
     public init(layers: Int, keyValueHeads: Int, headDimension: Int, blockSize: Int = 16,
                 elementType: ElementType = .f16, memoryBudget: Int) {
         self.layers = layers
@@ -58,7 +63,9 @@ public struct KVCacheConfiguration: Sendable, Equatable {
 
 /// A sequence's handle in a `PagedKVCache`.
 public struct SequenceID: Hashable, Sendable, CustomStringConvertible {
+    /// The cache's number for the sequence (assigned in order, never reused by that cache).
     public let rawValue: Int
+    /// A one-line description for logs and error messages.
     public var description: String { "sequence \(rawValue)" }
 }
 
@@ -69,6 +76,7 @@ public struct SequenceID: Hashable, Sendable, CustomStringConvertible {
 ///
 /// Not thread-safe: one scheduler owns it. Memory is allocated once, from the budget.
 public final class PagedKVCache {
+    /// The shape and memory budget the pool was built for.
     public let configuration: KVCacheConfiguration
     /// Blocks in the pool.
     public let blockCount: Int
@@ -104,6 +112,7 @@ public final class PagedKVCache {
     private var nextSequence = 0
     private var clock: UInt64 = 0
 
+    /// Allocates the pool once (as many blocks as fit the budget); throws `KVCacheError` for a bad configuration.
     public init(configuration c: KVCacheConfiguration) throws {
         guard c.layers > 0, c.keyValueHeads > 0, c.headDimension > 0, c.blockSize > 0 else {
             throw KVCacheError.invalidConfiguration("layers, heads, head dimension and block size must be positive")

@@ -2,8 +2,11 @@ import Foundation
 
 /// One message of a conversation.
 public struct ChatMessage: Sendable, Equatable {
+    /// The speaker, as the chat template names it (`system`, `user`, `assistant`, ...).
     public var role: String
+    /// The message text.
     public var content: String
+    /// A message from `role` with text `content`.
     public init(role: String, content: String) { self.role = role; self.content = content }
 }
 
@@ -15,6 +18,7 @@ public enum ChatTemplateError: Error, Equatable, CustomStringConvertible {
     case raised(String)
     case noTemplate
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .unsupported(what): return "chat template: unsupported Jinja construct: \(what)"
@@ -33,6 +37,7 @@ public enum ChatTemplateError: Error, Equatable, CustomStringConvertible {
 public struct ChatTemplate: Sendable {
     let nodes: [Node]
 
+    /// Parses `source`; throws `ChatTemplateError` for syntax errors or constructs outside the subset.
     public init(_ source: String) throws {
         var parser = Parser(tokens: try Lexer.tokenize(source))
         nodes = try parser.parseBlock(until: [])

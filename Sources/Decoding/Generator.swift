@@ -14,15 +14,25 @@ public enum Prompt: Sendable {
 
 /// Parameters of one request. Temperature 0 is greedy.
 public struct GenerationParameters: Sendable {
+    /// The most tokens to generate.
     public var maxTokens = 256
+    /// Sampling temperature; 0 picks the most likely token (greedy).
     public var temperature: Float = 0
+    /// Keep only the k most likely tokens (nil: off; used only when temperature > 0).
     public var topK: Int?
+    /// Keep the most likely tokens whose probabilities add up to p (nil: off; only when temperature > 0).
     public var topP: Double?
+    /// Keep tokens at least p × as likely as the most likely one (nil: off; only when temperature > 0).
     public var minP: Double?
+    /// CTRL repetition penalty for tokens among the last `penaltyWindow` (nil or 1: off).
     public var repetitionPenalty: Float?
+    /// Subtracted from a token's logit per occurrence among the last `penaltyWindow` tokens (0: off).
     public var frequencyPenalty: Float = 0
+    /// Subtracted once from the logit of any token among the last `penaltyWindow` tokens (0: off).
     public var presencePenalty: Float = 0
+    /// How many recent tokens (prompt and generated) the penalties look at.
     public var penaltyWindow = 64
+    /// Added to the logits of these token ids (−infinity bans a token).
     public var logitBias: [Int: Float] = [:]
     /// The request's own random seed: the same seed and prompt give the same text.
     public var seed: UInt64 = 0
@@ -49,15 +59,21 @@ public enum StopReason: Sendable, Equatable {
 
 /// Timing and counts of one generation.
 public struct GenerationStatistics: Sendable, Equatable {
+    /// Tokens in the prompt.
     public var promptTokens = 0
+    /// Prompt tokens reused from the prefix cache instead of computed.
     public var reusedPromptTokens = 0
+    /// Tokens generated.
     public var generatedTokens = 0
     /// Seconds from the request to the first generated token.
     public var timeToFirstToken = 0.0
+    /// Prompt tokens computed (not reused) per second of prefill.
     public var prefillTokensPerSecond = 0.0
+    /// Tokens generated per second after the first (0 with fewer than two).
     public var decodeTokensPerSecond = 0.0
     /// Draft tokens proposed to the target and how many it accepted (speculative decoding).
     public var draftTokens = 0
+    /// Draft tokens the target accepted.
     public var acceptedDraftTokens = 0
 
     public init() {}
@@ -65,12 +81,15 @@ public struct GenerationStatistics: Sendable, Equatable {
 
 /// A token's log-probability under the model.
 public struct TokenLogprob: Sendable, Equatable {
+    /// The token id.
     public let token: Int
+    /// Its natural-log probability.
     public let logprob: Double
 }
 
 /// The chosen token's log-probability and the most likely alternatives, for one step.
 public struct TokenLogprobs: Sendable, Equatable {
+    /// The generated token.
     public let chosen: TokenLogprob
     /// The `logprobs` most likely tokens, most likely first.
     public let top: [TokenLogprob]
@@ -94,6 +113,7 @@ public struct GeneratorConfiguration: Sendable {
     public var threads: Int?
     /// Bytes the KV cache may hold (shared by all running requests).
     public var kvMemoryBudget = 512 << 20
+    /// Element type of cached keys and values: F16 (the default, half the memory) or F32.
     public var kvElementType: ElementType = .f16
     /// Prompt tokens one step may prefill (longer prompts go in chunks, between decode steps).
     public var chunkSize = 256
@@ -116,6 +136,7 @@ public struct GeneratorConfiguration: Sendable {
 /// output does not depend on which others run beside it. Its token loop never awaits.
 /// Cancelling a consumer stops its computation within one step and frees its KV blocks.
 public final class Generator: Sendable {
+    /// The loaded model's configuration, weights and tokenizer.
     public let files: ModelFiles
     let configuration: GeneratorConfiguration
     let scheduler: Scheduler

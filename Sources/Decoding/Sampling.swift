@@ -4,7 +4,9 @@ import Foundation
 /// The tokens a sampler chain works on: (id, logit) pairs in one buffer reused for every
 /// step. Processors narrow and reshape it; a selector picks the token.
 public struct Candidates: Sendable {
+    /// Token ids of the entries (only the first `count` are in use).
     public internal(set) var ids: [Int32]
+    /// Logits of the entries, parallel to `ids`.
     public internal(set) var logits: [Float]
     /// Entries in use (the buffers keep their full capacity).
     public internal(set) var count = 0
@@ -68,7 +70,9 @@ public struct Candidates: Sendable {
 
 /// The tokens seen so far in a request (prompt and generated), for penalties.
 public struct TokenHistory: Sendable {
+    /// Token ids, oldest first.
     public var tokens: [Int] = []
+    /// A history holding `tokens`.
     public init(_ tokens: [Int] = []) { self.tokens = tokens }
 }
 
@@ -80,9 +84,13 @@ public protocol LogitProcessor: Sendable {
 /// Divides positive logits by `penalty` and multiplies negative ones (CTRL's repetition
 /// penalty, as transformers and llama.cpp apply it) for tokens among the last `window`.
 public struct RepetitionPenalty: LogitProcessor {
+    /// Divisor of positive logits and multiplier of negative ones (> 1 discourages repeats).
     public var penalty: Float
+    /// How many of the most recent tokens count as seen.
     public var window: Int
+    /// A penalty of `penalty` for tokens among the last `window`.
     public init(_ penalty: Float, window: Int = 64) { self.penalty = penalty; self.window = window }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         let seen = Set(history.tokens.suffix(window))
         for i in 0..<candidates.count where seen.contains(Int(candidates.ids[i])) {
@@ -95,12 +103,17 @@ public struct RepetitionPenalty: LogitProcessor {
 
 /// OpenAI's penalties over the last `window` tokens: logit −= frequency · count + presence · [count > 0].
 public struct FrequencyPresencePenalty: LogitProcessor {
+    /// Subtracted from a token's logit once per occurrence in the window.
     public var frequency: Float
+    /// Subtracted once from the logit of any token that occurs in the window.
     public var presence: Float
+    /// How many of the most recent tokens are counted.
     public var window: Int
+    /// Penalties over the last `window` tokens (0: off).
     public init(frequency: Float = 0, presence: Float = 0, window: Int = 64) {
         self.frequency = frequency; self.presence = presence; self.window = window
     }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         var counts: [Int: Int] = [:]
         for token in history.tokens.suffix(window) { counts[token, default: 0] += 1 }
@@ -113,8 +126,11 @@ public struct FrequencyPresencePenalty: LogitProcessor {
 
 /// Adds a fixed bias to chosen tokens' logits (−infinity bans a token).
 public struct LogitBias: LogitProcessor {
+    /// Logit offsets by token id.
     public var bias: [Int: Float]
+    /// A processor adding `bias` to the listed tokens' logits.
     public init(_ bias: [Int: Float]) { self.bias = bias }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         for i in 0..<candidates.count { if let b = bias[Int(candidates.ids[i])] { candidates.logits[i] += b } }
         candidates.isSorted = false
@@ -123,8 +139,11 @@ public struct LogitBias: LogitProcessor {
 
 /// Divides logits by `temperature` (> 0; use `GreedySelector` for 0).
 public struct Temperature: LogitProcessor {
+    /// The divisor (must be positive).
     public var temperature: Float
+    /// Divides logits by `temperature` (> 0).
     public init(_ temperature: Float) { self.temperature = temperature }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         for i in 0..<candidates.count { candidates.logits[i] /= temperature }
     }
@@ -132,8 +151,11 @@ public struct Temperature: LogitProcessor {
 
 /// Keeps the `k` most likely tokens.
 public struct TopK: LogitProcessor {
+    /// Tokens to keep (0 or less keeps them all).
     public var k: Int
+    /// Keeps the `k` most likely tokens.
     public init(_ k: Int) { self.k = k }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         guard k > 0, k < candidates.count else { return }
         candidates.sort()
@@ -143,8 +165,11 @@ public struct TopK: LogitProcessor {
 
 /// Keeps the smallest set of most likely tokens whose probabilities reach `p` (nucleus).
 public struct TopP: LogitProcessor {
+    /// Cumulative probability to reach (1 or more keeps every token).
     public var p: Double
+    /// Nucleus filtering with threshold `p`.
     public init(_ p: Double) { self.p = p }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         guard p < 1 else { return }
         candidates.sort()
@@ -160,8 +185,11 @@ public struct TopP: LogitProcessor {
 
 /// Keeps tokens whose probability is at least `p` × the most likely one's.
 public struct MinP: LogitProcessor {
+    /// Minimum probability as a fraction of the most likely token's (0 or less keeps every token).
     public var p: Double
+    /// Keeps tokens at least `p` × as likely as the most likely one.
     public init(_ p: Double) { self.p = p }
+    /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         guard p > 0 else { return }
         candidates.sort()
@@ -175,6 +203,7 @@ public struct MinP: LogitProcessor {
 /// prompt give the same text whatever other requests run alongside.
 public struct SeededGenerator: RandomNumberGenerator, Sendable {
     private var s: (UInt64, UInt64, UInt64, UInt64)
+    /// A generator whose whole sequence is determined by `seed`.
     public init(seed: UInt64) {
         var x = seed
         func split() -> UInt64 {
@@ -186,6 +215,7 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
         }
         s = (split(), split(), split(), split())
     }
+    /// The next 64 random bits.
     public mutating func next() -> UInt64 {
         let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
         let t = s.1 << 17
@@ -201,10 +231,12 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
 /// bias → temperature → top-k → top-p → min-p → draw. The warpers follow transformers'
 /// order (temperature first); penalties come first, as in vLLM and llama.cpp.
 public struct SamplerChain: Sendable {
+    /// The processors, run in order before the token is picked.
     public var processors: [any LogitProcessor]
     /// nil: greedy (the most likely token); otherwise a draw with this request's generator.
     public var generator: SeededGenerator?
 
+    /// A chain of `processors` that picks greedily (`generator` nil) or draws with `generator`.
     public init(processors: [any LogitProcessor], generator: SeededGenerator?) {
         self.processors = processors
         self.generator = generator

@@ -7,6 +7,7 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible {
     case missingKey(path: String, key: String)
     case invalidValue(path: String, key: String, detail: String)
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .unreadable(path, reason): return "\(path): cannot read configuration: \(reason)"

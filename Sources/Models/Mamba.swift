@@ -17,8 +17,11 @@ public struct MambaState: Sendable, Equatable {
 /// x_proj → (dt, B, C); dt = softplus(dt_proj(dt)); h = exp(dt·A)·h + dt·B·x; y = C·h + D·x;
 /// y · silu(z) → out_proj, added to the residual. Buffers are allocated once.
 public final class MambaModel {
+    /// The architecture the weights were loaded for.
     public let configuration: MambaConfiguration
+    /// The thread pool and scratch memory its kernels run on.
     public let context: ComputeContext
+    /// Tokens one `forward` call may process, over all its chunks.
     public let maximumTokens: Int
 
     struct Layer {
@@ -46,6 +49,7 @@ public final class MambaModel {
     let dt: FloatBuffer                             // [n, inner]
     let y: FloatBuffer                              // [n, inner]
 
+    /// Builds the model from `files` (a Mamba) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
         guard case let .mamba(c) = files.configuration else {
             throw ConfigurationError.invalidValue(path: files.weights.path, key: "model_type", detail: "not mamba")
@@ -236,12 +240,14 @@ public final class MambaModel {
 
 /// New tokens for one sequence in a batched Mamba step.
 public struct MambaChunk: Sendable {
+    /// Token ids to consume, in order.
     public var tokens: [Int]
     /// Logits for every token or just the last.
     public var allLogits: Bool
     /// Record the state after each token (see `forward(_:states:traces:)`).
     public var traceStates: Bool
 
+    /// A chunk of `tokens`; by default only the last token's logits and no state traces.
     public init(tokens: [Int], allLogits: Bool = false, traceStates: Bool = false) {
         self.tokens = tokens
         self.allLogits = allLogits

@@ -4,7 +4,9 @@ import Foundation
 public struct LoadProgress: Sendable, Equatable {
     /// What is happening ("mapping", "quantizing").
     public let stage: String
+    /// Units of the stage done so far.
     public let completed: Int
+    /// Units in the stage (e.g. tensors to quantize).
     public let total: Int
     /// completed / total, in 0...1.
     public var fraction: Double { total == 0 ? 1 : Double(completed) / Double(total) }
@@ -19,6 +21,7 @@ public struct LoadOptions: Sendable {
     /// Threads for quantization at load (nil: all cores).
     public var threads: Int?
 
+    /// Options; the defaults keep weights as stored and use every core.
     public init(quantization: ElementType? = nil, threads: Int? = nil, progress: (@Sendable (LoadProgress) -> Void)? = nil) {
         self.quantization = quantization
         self.threads = threads
@@ -87,11 +90,15 @@ public struct ModelWeights: Sendable {
 /// Everything needed to run a model: its configuration, weights and tokenizer, from a
 /// Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a `.gguf` file.
 public struct ModelFiles: Sendable {
+    /// The architecture and its hyperparameters.
     public let configuration: ModelConfiguration
+    /// The tensors, by Hugging Face checkpoint name.
     public let weights: ModelWeights
+    /// The model's tokenizer.
     public let tokenizer: Tokenizer
     /// Every id that ends generation: the config's, the generation config's and the tokenizer's.
     public let eosTokenIDs: [Int]
+    /// The tokenizer's beginning-of-sequence token, if any.
     public var bosTokenID: Int? { tokenizer.bosTokenID }
 
     /// Loads a folder or a `.gguf` file. Weights are memory-mapped and used in place unless

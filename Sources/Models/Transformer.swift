@@ -2,11 +2,14 @@ import Foundation
 
 /// New tokens for one sequence in a (batched) forward step.
 public struct SequenceChunk: Sendable {
+    /// The KV cache sequence the tokens extend.
     public var sequence: SequenceID
+    /// Token ids to append, in order.
     public var tokens: [Int]
     /// Logits for every token (prefill scoring, speculative verification) or just the last.
     public var allLogits: Bool
 
+    /// A chunk of `tokens` for `sequence`; by default only the last token's logits are returned.
     public init(sequence: SequenceID, tokens: [Int], allLogits: Bool = false) {
         self.sequence = sequence
         self.tokens = tokens
@@ -20,6 +23,7 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     case tooManyTokens(count: Int, maximum: Int)
     case cacheMismatch(String)
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .tokenOutOfRange(token, size): return "token id \(token) is outside the vocabulary of \(size)"
@@ -34,7 +38,9 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
 /// routed SwiGLU experts, tied or separate output head. Tensor names are the checkpoint's. Activation buffers are allocated once, for `maximumTokens` tokens
 /// per step; a step allocates nothing else but the returned logits.
 public final class TransformerModel {
+    /// The architecture the weights were loaded for.
     public let configuration: TransformerConfiguration
+    /// The thread pool and scratch memory its kernels run on.
     public let context: ComputeContext
     /// Tokens one `forward` call may process (a prompt chunk or a batch of decode rows).
     public let maximumTokens: Int
@@ -76,6 +82,7 @@ public final class TransformerModel {
     var routedChoice: [Int]                                      // [n] (token·k + slot) of each expertInput row
     let cosTable, sinTable: UnsafeMutablePointer<Float>          // [rotary/2]
 
+    /// Builds the model from `files` (a transformer) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
         guard case let .transformer(c) = files.configuration else {
             throw ConfigurationError.invalidValue(path: files.weights.path, key: "model_type", detail: "not a transformer")

@@ -1,19 +1,29 @@
 /// Llama-family transformers (`llama`, `mistral`, `qwen2`, `mixtral`): the fields every
 /// one of them needs, with each architecture's own defaults for keys a checkpoint omits.
 public struct TransformerConfiguration: Sendable, Equatable {
+    /// The architecture: `llama`, `mistral`, `qwen2` or `mixtral` (`model_type`).
     public var modelType: String
+    /// Rows of the embedding matrix (`vocab_size`).
     public var vocabularySize: Int
+    /// Width of the residual stream (`hidden_size`).
     public var hiddenSize: Int
     /// The MLP's inner size (per expert for Mixtral).
     public var intermediateSize: Int
+    /// Decoder layers (`num_hidden_layers`).
     public var layerCount: Int
+    /// Query heads per layer (`num_attention_heads`).
     public var headCount: Int
+    /// Key/value heads per layer (`num_key_value_heads`; defaults to `headCount`).
     public var keyValueHeadCount: Int
     /// `head_dim`, or hidden_size / num_attention_heads when absent or null.
     public var headDimension: Int
+    /// Epsilon added inside RMSNorm (`rms_norm_eps`).
     public var rmsNormEpsilon: Float
+    /// Longest sequence the model supports (`max_position_embeddings`).
     public var maxPositionEmbeddings: Int
+    /// RoPE base frequency (`rope_theta`).
     public var ropeTheta: Float
+    /// RoPE frequency scaling (`rope_scaling` or `rope_parameters`; `.none` when absent).
     public var ropeScaling: RopeScaling
     /// Dimensions of each head that rotate (head_dim × partial_rotary_factor).
     public var rotaryDimension: Int
@@ -29,9 +39,12 @@ public struct TransformerConfiguration: Sendable, Equatable {
     public var outputProjectionBias: Bool
     /// Mixture of experts: experts per layer and experts each token uses (nil: dense MLP).
     public var experts: (count: Int, perToken: Int)?
+    /// Beginning-of-sequence token id (`bos_token_id`), if set.
     public var bosTokenID: Int?
+    /// End-of-sequence token ids (`eos_token_id`, one or a list; empty when absent).
     public var eosTokenIDs: [Int]
 
+    /// Field-by-field equality (written out because `experts` is a tuple).
     public static func == (a: TransformerConfiguration, b: TransformerConfiguration) -> Bool {
         a.modelType == b.modelType && a.vocabularySize == b.vocabularySize && a.hiddenSize == b.hiddenSize
             && a.intermediateSize == b.intermediateSize && a.layerCount == b.layerCount && a.headCount == b.headCount
@@ -155,13 +168,17 @@ extension TransformerConfiguration {
 
 /// A Mamba selective state-space model (`model_type` `mamba`).
 public struct MambaConfiguration: Sendable, Equatable {
+    /// Rows of the embedding matrix (`vocab_size`).
     public var vocabularySize: Int
+    /// Width of the residual stream (`hidden_size`).
     public var hiddenSize: Int
+    /// Mamba blocks (`num_hidden_layers`).
     public var layerCount: Int
     /// The SSM state per channel (`state_size`, d_state).
     public var stateSize: Int
     /// Inner channels: expand × hidden_size (`intermediate_size`).
     public var innerSize: Int
+    /// Width of the causal depthwise convolution (`conv_kernel`, default 4).
     public var convolutionKernel: Int
     /// Rank of the dt projection; `"auto"` means ceil(hidden_size / 16).
     public var timeStepRank: Int
@@ -169,9 +186,13 @@ public struct MambaConfiguration: Sendable, Equatable {
     public var useBias: Bool
     /// The depthwise convolution has a bias.
     public var useConvolutionBias: Bool
+    /// Epsilon added inside RMSNorm (`layer_norm_epsilon`, default 1e-5).
     public var normEpsilon: Float
+    /// The output head reuses the embedding matrix (`tie_word_embeddings`, default true).
     public var tieWordEmbeddings: Bool
+    /// Beginning-of-sequence token id (`bos_token_id`), if set.
     public var bosTokenID: Int?
+    /// End-of-sequence token ids (`eos_token_id`, one or a list; empty when absent).
     public var eosTokenIDs: [Int]
 }
 

@@ -33,6 +33,7 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
     /// Whether the type stores blocks of integers with a shared scale.
     public var isQuantized: Bool { blockSize > 1 }
 
+    /// The type's name in capitals (`F32`, `Q8_0`, ...).
     public var description: String { rawValue.uppercased() }
 
     /// Bytes needed for a row of `count` elements; throws when `count` is negative, is not

@@ -7,7 +7,9 @@ import Darwin
 /// An owned, 64-byte aligned matrix of float32 activations: `rows` × `columns`, row-major.
 /// Models allocate these once and reuse them for every token.
 public final class FloatBuffer {
+    /// Number of rows.
     public let rows: Int
+    /// Elements per row.
     public let columns: Int
     /// The first element; valid for the buffer's lifetime.
     public let pointer: UnsafeMutablePointer<Float>

@@ -29,14 +29,18 @@ public enum RopeScaling: Sendable, Equatable {
 public struct RotaryEmbedding: Sendable {
     /// Number of rotated dimensions per head (head_dim × partial_rotary_factor).
     public let dimension: Int
+    /// RoPE base frequency (`rope_theta`).
     public let base: Float
+    /// Frequency scaling (`rope_type` and its parameters).
     public let scaling: RopeScaling
+    /// Which dimensions rotate together.
     public let layout: RopeLayout
     /// inv_freq[i], i < dimension/2, for sequences within the original context.
     public let inverseFrequencies: [Float]
     /// Multiplier applied to cos and sin (YaRN's attention factor; 1 otherwise).
     public let attentionScaling: Float
 
+    /// Computes inverse frequencies; throws for an odd or < 2 `dimension`, a non-finite or ≤ 1 `base`, or bad scaling.
     public init(dimension: Int, base: Float, scaling: RopeScaling = .none, layout: RopeLayout = .halfSplit) throws {
         guard dimension >= 2, dimension % 2 == 0 else {
             throw TensorError.invalidArgument(operation: "RotaryEmbedding", detail: "rotary dimension \(dimension) must be even and ≥ 2")

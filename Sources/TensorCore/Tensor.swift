@@ -56,9 +56,11 @@ public final class TensorStorage: Sendable {
 public struct Tensor: Sendable, CustomStringConvertible {
     /// The checkpoint name (e.g. `model.layers.0.self_attn.q_proj.weight`), used in errors.
     public let name: String
+    /// How the elements are stored.
     public let elementType: ElementType
     /// Dimensions, outermost first.
     public let shape: [Int]
+    /// The bytes the tensor views (shared, not copied).
     public let storage: TensorStorage
     /// Where the tensor starts inside `storage`.
     public let byteOffset: Int
@@ -140,6 +142,7 @@ public struct Tensor: Sendable, CustomStringConvertible {
     /// The raw bytes.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: rawPointer, count: byteCount) }
 
+    /// Name, element type and shape, for logs and error messages.
     public var description: String { "\(name): \(elementType) \(shape)" }
 
     /// A view of `range` along the outermost dimension (e.g. one expert of a stacked

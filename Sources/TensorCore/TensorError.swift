@@ -15,6 +15,7 @@ public enum TensorError: Error, Equatable, CustomStringConvertible {
     /// A file could not be opened or mapped.
     case file(path: String, reason: String)
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .shapeMismatch(operation, detail):

@@ -10,6 +10,7 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
     /// A token id outside the vocabulary was given to decode.
     case tokenOutOfRange(id: Int, vocabularySize: Int)
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .unreadable(path, reason): return "\(path): cannot read tokenizer: \(reason)"
@@ -40,6 +41,7 @@ public final class Tokenizer: Sendable {
     let addedTokens: AddedTokenMatcher
     /// Ids added around the text when special tokens are requested.
     public let prefixIDs: [Int]
+    /// Ids appended after the text when special tokens are requested.
     public let suffixIDs: [Int]
     /// The beginning-of-sequence token, if the tokenizer defines one.
     public let bosTokenID: Int?

@@ -37,8 +37,11 @@ public struct GGUFFile: Sendable {
             }
         }
 
+        /// The value as a string, when it is one.
         public var string: String? { if case let .string(v) = self { return v } else { return nil } }
+        /// The elements, when the value is an array.
         public var array: [Value]? { if case let .array(v) = self { return v } else { return nil } }
+        /// The value as a Boolean, when it is one.
         public var bool: Bool? { if case let .bool(v) = self { return v } else { return nil } }
     }
 
@@ -82,16 +85,21 @@ public struct GGUFFile: Sendable {
 
     /// One tensor info.
     public struct TensorInfo: Sendable, Equatable {
+        /// The tensor's name as stored in the file (e.g. `blk.0.attn_q.weight`).
         public let name: String
         /// Outermost first (the reverse of GGUF's innermost-first order), like PyTorch.
         public let shape: [Int]
+        /// The ggml element type of its data.
         public let type: TensorType
         /// Offset of the data in the file.
         public let fileOffset: Int
+        /// Bytes of data it spans.
         public let byteCount: Int
     }
 
+    /// The file's path, for error messages.
     public let path: String
+    /// The GGUF format version (2 or 3).
     public let version: Int
     /// Metadata in file order.
     public let metadata: [(key: String, value: Value)]
@@ -99,7 +107,9 @@ public struct GGUFFile: Sendable {
     public let tensors: [String: TensorInfo]
     /// Tensor names in file order.
     public let tensorNames: [String]
+    /// Alignment of tensor data in bytes (`general.alignment`, default 32).
     public let alignment: Int
+    /// The mapping the tensors view.
     public let file: MappedFile
 
     /// The metadata value of `key`.

@@ -14,6 +14,7 @@ public enum ModelFileError: Error, Equatable, CustomStringConvertible {
     /// A tensor that was expected is absent.
     case missingTensor(path: String, tensor: String)
 
+    /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .truncated(path, detail): return "\(path): truncated: \(detail)"

@@ -7,19 +7,23 @@
 public struct SafetensorsFile: Sendable {
     /// One tensor's entry in the header.
     public struct Entry: Sendable, Equatable {
+        /// The tensor's name.
         public let name: String
         /// The dtype as written (F32, F16, BF16, I8, U8, I32, I64, F64, BOOL, ...).
         public let dtype: String
+        /// Dimensions, outermost first.
         public let shape: [Int]
         /// Byte range inside the data section.
         public let dataRange: Range<Int>
     }
 
+    /// The file's path, for error messages.
     public let path: String
     /// Header entries by name.
     public let entries: [String: Entry]
     /// `__metadata__` string pairs.
     public let metadata: [String: String]
+    /// The mapping the tensors view.
     public let file: MappedFile
     /// Where the data section starts in the file.
     public let dataOffset: Int

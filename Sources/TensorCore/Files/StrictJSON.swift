@@ -12,6 +12,7 @@ public enum StrictJSON: Equatable, Sendable {
     /// Members in document order.
     case object([(String, StrictJSON)])
 
+    /// Structural equality (object members compared in order).
     public static func == (lhs: StrictJSON, rhs: StrictJSON) -> Bool {
         switch (lhs, rhs) {
         case (.null, .null): return true
@@ -27,8 +28,11 @@ public enum StrictJSON: Equatable, Sendable {
 
     /// A parse failure, with the byte offset where it happened.
     public struct ParseError: Error, Equatable, CustomStringConvertible {
+        /// Byte offset of the failure in the input.
         public let offset: Int
+        /// What was wrong.
         public let reason: String
+        /// A one-line description for logs and error messages.
         public var description: String { "\(reason) at byte \(offset)" }
     }
 
@@ -41,6 +45,7 @@ public enum StrictJSON: Equatable, Sendable {
         return value
     }
 
+    /// Parses a whole document given as text (trailing whitespace allowed, nothing else).
     public static func parse(_ text: String, maximumDepth: Int = 64) throws -> StrictJSON {
         var copy = text
         return try copy.withUTF8 { try parse(UnsafeRawBufferPointer($0), maximumDepth: maximumDepth) }
