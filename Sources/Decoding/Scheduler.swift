@@ -315,6 +315,11 @@ final class Scheduler: @unchecked Sendable {
         var history = request.history
         for i in 0...item.drafts.count {
             let next = row(i).withUnsafeBufferPointer { buffer -> Int? in
+                // Plain greedy: the SIMD argmax (first of equal maxima, as the chain's rule)
+                // instead of loading the candidate buffer.
+                if !request.sampler.isSampling && request.sampler.processors.isEmpty, let best = Kernels.argmax(buffer) {
+                    return i < item.drafts.count && best == item.drafts[i] ? nil : best
+                }
                 request.candidates.reset(buffer)
                 if i == item.drafts.count || !request.sampler.isSampling {
                     let choice = request.sampler.select(&request.candidates, history: history)
