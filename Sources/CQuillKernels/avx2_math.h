@@ -5,6 +5,14 @@
 #ifdef QUILL_X86
 #include <immintrin.h>
 
+// The sum of the eight lanes.
+static inline QUILL_AVX2 float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 // exp(x) for float lanes: Cephes-style range reduction to [-ln2/2, ln2/2] and a degree-5
 // polynomial; about 2 ulp over the range where expf is finite and normal.
 static inline QUILL_AVX2 __m256 exp256(__m256 x) {

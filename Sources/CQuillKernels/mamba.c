@@ -33,12 +33,6 @@ void quill_mamba_scan_scalar(const quill_mamba_scan_args *s, int64_t c0, int64_t
 }
 
 #ifdef QUILL_X86
-static inline QUILL_AVX2 float hsum256(__m256 v) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_add_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
-}
 
 void QUILL_AVX2 quill_mamba_scan_avx2(const quill_mamba_scan_args *s, int64_t c0, int64_t c1) {
     const int64_t n = s->states, vectors = n / 8;

@@ -181,22 +181,8 @@ public final class MambaModel {
             states[i].length += chunk.tokens.count
         }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
-        var results: [[Float]] = []
-        for group in groups {
-            var selected: [Int] = []
-            for index in group.chunks {
-                let last = rowStarts[index] + chunks[index].tokens.count - 1
-                selected += chunks[index].allLogits ? Array(rowStarts[index]...last) : [last]
-            }
-            let logits = try outputLogits(normed, rows: selected, head: outputHead, path: group.path, context: context)
-            var next = 0
-            for index in group.chunks {
-                let count = chunks[index].allLogits ? chunks[index].tokens.count : 1
-                results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * c.vocabularySize)))
-                next += count
-            }
-        }
-        return results
+        return try chunkLogits(normed, groups: groups, rowStarts: rowStarts, counts: chunks.map(\.tokens.count),
+                               allLogits: chunks.map(\.allLogits), head: outputHead, context: context)
     }
 
     /// Causal depthwise convolution + SiLU of x (the first half of `xz`) into `x`, token by

@@ -184,6 +184,29 @@ func outputLogits(_ normed: FloatBuffer, rows: [Int], head: Tensor, path: Kernel
     return logits
 }
 
+/// Each chunk's logits from the final-norm rows, group by group (so the output head, too,
+/// multiplies a row the same way whatever shares its step): [rows][vocabulary] per chunk,
+/// rows = the chunk's token count when `allLogits[i]`, else 1 (its last row).
+func chunkLogits(_ normed: FloatBuffer, groups: [RowGroup], rowStarts: [Int], counts: [Int], allLogits: [Bool],
+                 head: Tensor, context: ComputeContext) throws -> [[Float]] {
+    var results: [[Float]] = []
+    for group in groups {
+        var selected: [Int] = []
+        for index in group.chunks {
+            let last = rowStarts[index] + counts[index] - 1
+            selected += allLogits[index] ? Array(rowStarts[index]...last) : [last]
+        }
+        let logits = try outputLogits(normed, rows: selected, head: head, path: group.path, context: context)
+        var next = 0
+        for index in group.chunks {
+            let rows = allLogits[index] ? counts[index] : 1
+            results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: rows * head.rows)))
+            next += rows
+        }
+    }
+    return results
+}
+
 /// Rows of one forward step that are multiplied together. Chunks shorter than
 /// `Kernels.gemmThreshold` (decode rows, speculative verification) share one row-wise
 /// group; every longer chunk (a prompt chunk) is its own group. A row's result then depends

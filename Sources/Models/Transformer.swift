@@ -294,23 +294,8 @@ public final class TransformerModel {
         }
         for chunk in chunks { try cache.append(chunk.sequence, tokens: chunk.tokens) }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-        // Per group, the rows whose logits were asked for, gathered for one output matmul.
-        var results: [[Float]] = []
-        for group in groups {
-            var selectedRows: [Int] = []
-            for index in group.chunks {
-                let chunk = chunks[index], last = rowStarts[index] + chunk.tokens.count - 1
-                selectedRows += chunk.allLogits ? Array(rowStarts[index]...last) : [last]
-            }
-            let logits = try outputLogits(normed, rows: selectedRows, head: outputHead, path: group.path, context: context)
-            var next = 0
-            for index in group.chunks {
-                let count = chunks[index].allLogits ? chunks[index].tokens.count : 1
-                results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * c.vocabularySize)))
-                next += count
-            }
-        }
-        return results
+        return try chunkLogits(normed, groups: groups, rowStarts: rowStarts, counts: chunks.map(\.tokens.count),
+                               allLogits: chunks.map(\.allLogits), head: outputHead, context: context)
     }
 
     /// Logits for every position of `tokens` as a fresh sequence (evaluation and scoring),
