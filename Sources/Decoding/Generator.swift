@@ -50,6 +50,36 @@ public struct GenerationParameters: Sendable {
     public var draftTokens = 5
 
     public init() {}
+
+    /// Throws `GenerationError.invalidParameter` for values no sampler can use.
+    public func validate() throws {
+        func invalid(_ name: String, _ detail: String) -> GenerationError { .invalidParameter(name: name, detail: detail) }
+        guard maxTokens >= 1 else { throw invalid("maxTokens", "\(maxTokens); must be at least 1") }
+        guard temperature.isFinite, temperature >= 0 else { throw invalid("temperature", "\(temperature); must be finite and ≥ 0") }
+        if let topK, topK < 1 { throw invalid("topK", "\(topK); must be at least 1") }
+        if let topP, !(topP > 0 && topP <= 1) { throw invalid("topP", "\(topP); must be in (0, 1]") }
+        if let minP, !(minP >= 0 && minP <= 1) { throw invalid("minP", "\(minP); must be in [0, 1]") }
+        if let repetitionPenalty, !(repetitionPenalty.isFinite && repetitionPenalty > 0) {
+            throw invalid("repetitionPenalty", "\(repetitionPenalty); must be finite and > 0")
+        }
+        guard frequencyPenalty.isFinite, presencePenalty.isFinite else { throw invalid("frequencyPenalty/presencePenalty", "must be finite") }
+        guard penaltyWindow >= 0 else { throw invalid("penaltyWindow", "\(penaltyWindow); must be ≥ 0") }
+        guard logprobs >= 0 else { throw invalid("logprobs", "\(logprobs); must be ≥ 0") }
+        guard draftTokens >= 0 else { throw invalid("draftTokens", "\(draftTokens); must be ≥ 0") }
+    }
+}
+
+/// Why a request was refused before it started.
+public enum GenerationError: Error, Equatable, CustomStringConvertible {
+    /// A `GenerationParameters` value out of its range.
+    case invalidParameter(name: String, detail: String)
+
+    /// A one-line description for logs and error messages.
+    public var description: String {
+        switch self {
+        case let .invalidParameter(name, detail): return "generation parameter \(name) = \(detail)"
+        }
+    }
 }
 
 /// Why a generation ended.
@@ -204,6 +234,7 @@ public final class Generator: Sendable {
         AsyncThrowingStream { continuation in
             let tokens: [Int]
             do {
+                try parameters.validate()
                 tokens = try promptTokens(for: prompt)
                 guard !tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
                 let vocabulary = scheduler.target.vocabularySize  // the model's: it may pad the tokenizer's

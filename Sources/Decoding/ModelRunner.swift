@@ -107,17 +107,20 @@ final class ModelRunner {
             return try m.forward(items.map { SequenceChunk(sequence: $0.slot.sequence, tokens: $0.tokens, allLogits: $0.allLogits) },
                                  cache: cache)
         case let .mamba(m):
-            var states = try items.map { item -> MambaState in
-                guard let state = mambaStates[item.slot] else { throw ModelError.cacheMismatch("no Mamba state for slot \(item.slot.raw)") }
-                return state
+            // The states are taken out of the dictionary while the step runs, so the scan
+            // updates them in place instead of copying every layer's state (copy-on-write).
+            var states: [MambaState] = []
+            defer { for (index, state) in states.enumerated() { mambaStates[items[index].slot] = state } }
+            for item in items {
+                guard let state = mambaStates.removeValue(forKey: item.slot) else {
+                    throw ModelError.cacheMismatch("no Mamba state for slot \(item.slot.raw)")
+                }
+                states.append(state)
             }
             var traces: [[MambaState]] = []
             let logits = try m.forward(items.map { MambaChunk(tokens: $0.tokens, allLogits: $0.allLogits, traceStates: $0.traceStates) },
                                        states: &states, traces: &traces)
-            for (index, item) in items.enumerated() {
-                mambaStates[item.slot] = states[index]
-                mambaTraces[item.slot] = traces[index]
-            }
+            for (index, item) in items.enumerated() { mambaTraces[item.slot] = traces[index] }
             return logits
         }
     }

@@ -92,7 +92,7 @@ public struct RepetitionPenalty: LogitProcessor {
     public init(_ penalty: Float, window: Int = 64) { self.penalty = penalty; self.window = window }
     /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
-        let seen = Set(history.tokens.suffix(window))
+        let seen = Set(history.tokens.suffix(max(window, 0)))
         for i in 0..<candidates.count where seen.contains(Int(candidates.ids[i])) {
             let l = candidates.logits[i]
             candidates.logits[i] = l > 0 ? l / penalty : l * penalty
@@ -116,7 +116,7 @@ public struct FrequencyPresencePenalty: LogitProcessor {
     /// Applies this processor to the candidates (see the type's comment).
     public func process(_ candidates: inout Candidates, history: TokenHistory) {
         var counts: [Int: Int] = [:]
-        for token in history.tokens.suffix(window) { counts[token, default: 0] += 1 }
+        for token in history.tokens.suffix(max(window, 0)) { counts[token, default: 0] += 1 }
         for i in 0..<candidates.count {
             if let n = counts[Int(candidates.ids[i])] { candidates.logits[i] -= frequency * Float(n) + presence }
         }

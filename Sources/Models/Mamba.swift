@@ -109,7 +109,10 @@ public final class MambaModel {
     /// (`allLogits`) or the last one: [count][vocabulary] floats.
     public func forward(_ tokens: [Int], state: inout MambaState, allLogits: Bool = false) throws -> [Float] {
         guard !tokens.isEmpty else { return [] }
+        // The caller's copy is released while the step runs, so the state is updated in
+        // place rather than copied layer by layer (copy-on-write).
         var states = [state]
+        state = MambaState(convolution: [], ssm: [])
         defer { state = states[0] }
         return try forward([MambaChunk(tokens: tokens, allLogits: allLogits)], states: &states)[0]
     }

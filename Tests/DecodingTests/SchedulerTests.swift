@@ -224,3 +224,27 @@ import Testing
         await #expect(throws: ModelError.self) { _ = try await generator.logits(for: [0, 100_000]) }
     }
 }
+
+@Suite struct ParameterValidationTests {
+    /// Out-of-range parameters are refused with a typed error before the request starts
+    /// (a negative penalty window used to trap in `suffix`).
+    @Test func badParametersThrowTypedErrors() async throws {
+        let generator = try SchedulerTests.generator("llama-gqa")
+        var cases: [GenerationParameters] = []
+        for change in [{ (p: inout GenerationParameters) in p.penaltyWindow = -1 }, { $0.maxTokens = 0 }, { $0.temperature = -1 },
+                       { $0.temperature = .nan }, { $0.topK = 0 }, { $0.topP = 1.5 }, { $0.minP = -0.1 },
+                       { $0.repetitionPenalty = 0 }, { $0.logprobs = -2 }, { $0.draftTokens = -1 }] {
+            var p = GenerationParameters()
+            change(&p)
+            cases.append(p)
+        }
+        for p in cases {
+            await #expect(throws: GenerationError.self) { _ = try await collect(generator.generate(.tokens([3, 4, 5]), parameters: p)) }
+        }
+        // The processor itself no longer traps on a negative window.
+        var candidates = Candidates(capacity: 4)
+        [1, 2, 3, 4].map(Float.init).withUnsafeBufferPointer { candidates.reset($0) }
+        RepetitionPenalty(2, window: -1).process(&candidates, history: TokenHistory([1, 2]))
+        #expect(candidates.logits[0..<4] == [1, 2, 3, 4])
+    }
+}

@@ -13,11 +13,7 @@ struct SamplingOptions: ParsableArguments {
     @Option(help: "Stop when this text appears (repeatable; it is not printed).") var stop: [String] = []
 
     func validate() throws {
-        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0") }
-        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
-        if let topK, topK < 1 { throw ValidationError("--top-k must be positive") }
-        if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1]") }
-        if let minP, !(minP >= 0 && minP <= 1) { throw ValidationError("--min-p must be in [0, 1]") }
+        do { try parameters.validate() } catch { throw ValidationError("\(error)") }
     }
 
     var parameters: GenerationParameters {
