@@ -1,6 +1,11 @@
 // A persistent thread pool for the kernels. Workers spin briefly after a job (the token
 // loop issues one job per weight matrix, microseconds apart) and then sleep on a condition
 // variable so an idle pool costs no CPU. The calling thread takes part in every job.
+//
+// Every wait yields the processor regularly: when the machine is oversubscribed (two
+// generators, or a build, on the same cores) a pure spin burns the time slice the thread it
+// waits for needs, and decoding collapsed by 100x that way. sched_yield returns at once
+// when nothing else is runnable, so an idle machine keeps the spin's latency.
 #include "QuillKernels.h"
 #include <pthread.h>
 #include <sched.h>
@@ -13,7 +18,7 @@
 #define CPU_RELAX() sched_yield()
 #endif
 
-enum { SPIN_ITERATIONS = 20000 };
+enum { SPIN_ITERATIONS = 20000, YIELD_EVERY = 64, CALLER_SPINS_BEFORE_YIELDING = 1000 };
 
 struct quill_pool {
     int n_threads;
@@ -52,7 +57,7 @@ static void *worker_main(void *arg) {
     for (;;) {
         unsigned long now = atomic_load(&pool->generation);
         for (int spin = 0; now == seen && spin < SPIN_ITERATIONS && !atomic_load(&pool->stopping); spin++) {
-            CPU_RELAX();
+            if (spin % YIELD_EVERY == YIELD_EVERY - 1) sched_yield(); else CPU_RELAX();
             now = atomic_load(&pool->generation);
         }
         if (now == seen) {
@@ -130,6 +135,8 @@ void quill_pool_run(quill_pool *pool, quill_task_fn fn, void *context, int64_t n
     pthread_mutex_unlock(&pool->wake_lock);
     run_tasks(pool);
     // Every worker must leave the job before the caller's context goes out of scope.
-    while (atomic_load(&pool->busy_workers) > 0) CPU_RELAX();
+    for (int spin = 0; atomic_load(&pool->busy_workers) > 0; spin++) {
+        if (spin < CALLER_SPINS_BEFORE_YIELDING) CPU_RELAX(); else sched_yield();
+    }
     pthread_mutex_unlock(&pool->run_lock);
 }
