@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Each installs what is missing first.
-.PHONY: run test deps bench
+.PHONY: run test sanitize deps bench
 
 deps:
 	@./Scripts/install-deps.sh
@@ -11,6 +11,12 @@ run: deps
 ## Runs the test suite.
 test: deps
 	swift test --disable-xctest  # every test uses Swift Testing
+
+## Runs the test suite under ThreadSanitizer and AddressSanitizer (with LeakSanitizer);
+## any report fails the run. Separate build folders keep the normal build untouched.
+sanitize: deps
+	TSAN_OPTIONS=halt_on_error=1 swift test --disable-xctest --sanitize=thread --scratch-path .build-tsan
+	ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 swift test --disable-xctest --sanitize=address --scratch-path .build-asan
 
 ## Runs the TensorCore benchmark (see Benchmarks/README.md).
 bench: deps
