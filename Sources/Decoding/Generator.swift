@@ -73,11 +73,15 @@ public struct GenerationParameters: Sendable {
 public enum GenerationError: Error, Equatable, CustomStringConvertible {
     /// A `GenerationParameters` value out of its range.
     case invalidParameter(name: String, detail: String)
+    /// The prompt (or the tokens to score) has more tokens than the generator's context length.
+    case promptTooLong(tokens: Int, contextLength: Int)
 
     /// A one-line description for logs and error messages.
     public var description: String {
         switch self {
         case let .invalidParameter(name, detail): return "generation parameter \(name) = \(detail)"
+        case let .promptTooLong(tokens, contextLength):
+            return "the prompt has \(tokens) tokens but the context holds \(contextLength)"
         }
     }
 }
@@ -149,6 +153,11 @@ public struct GeneratorConfiguration: Sendable {
     public var chunkSize = 256
     /// Requests decoded together in one step; more wait for a place.
     public var maximumBatch = 16
+    /// Positions one request may use, prompt and generated tokens together (nil: the
+    /// model's `max_position_embeddings`; no limit for Mamba, whose state has no positions).
+    /// A longer prompt is refused with `GenerationError.promptTooLong`; a generation that
+    /// reaches it ends with `StopReason.contextFull`.
+    public var contextLength: Int?
     /// Quantize weights at load (nil: as stored).
     public var quantization: ElementType?
     /// Speculative decoding's draft source (nil: none).
@@ -168,14 +177,17 @@ public struct GeneratorConfiguration: Sendable {
 public final class Generator: Sendable {
     /// The loaded model's configuration, weights and tokenizer.
     public let files: ModelFiles
+    /// Positions one request may use (nil: unlimited, a Mamba model's default).
+    public let contextLength: Int?
     let configuration: GeneratorConfiguration
     let scheduler: Scheduler
 
     /// Loads a model folder or `.gguf` file (and the draft model, when one is configured).
     public init(modelPath: String, configuration: GeneratorConfiguration = GeneratorConfiguration()) throws {
-        guard configuration.chunkSize > 0, configuration.maximumBatch > 0, configuration.threads.map({ $0 > 0 }) ?? true else {
+        guard configuration.chunkSize > 0, configuration.maximumBatch > 0, configuration.threads.map({ $0 > 0 }) ?? true,
+              configuration.contextLength.map({ $0 > 0 }) ?? true else {
             throw ConfigurationError.invalidValue(path: modelPath, key: "GeneratorConfiguration",
-                                                  detail: "chunkSize, maximumBatch and threads must be positive")
+                                                  detail: "chunkSize, maximumBatch, threads and contextLength must be positive")
         }
         let options = LoadOptions(quantization: configuration.quantization, threads: configuration.threads, progress: configuration.progress)
         files = try ModelFiles.load(modelPath, options: options)
@@ -200,8 +212,13 @@ public final class Generator: Sendable {
             guard n > 0 else { throw ConfigurationError.invalidValue(path: modelPath, key: "ngram", detail: "n must be positive") }
         case nil: break
         }
+        switch files.configuration {
+        case let .transformer(model): contextLength = configuration.contextLength ?? model.maxPositionEmbeddings
+        case .mamba: contextLength = configuration.contextLength
+        }
         scheduler = Scheduler(target: target, draft: draft, draftSource: configuration.draft, tokenizer: files.tokenizer,
-                              chunkSize: configuration.chunkSize, maximumBatch: configuration.maximumBatch)
+                              chunkSize: configuration.chunkSize, maximumBatch: configuration.maximumBatch,
+                              contextLength: contextLength ?? .max)
     }
 
     deinit { scheduler.shutDown() }
@@ -237,6 +254,7 @@ public final class Generator: Sendable {
                 try parameters.validate()
                 tokens = try promptTokens(for: prompt)
                 guard !tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
+                try checkContext(tokens)
                 let vocabulary = scheduler.target.vocabularySize  // the model's: it may pad the tokenizer's
                 if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabulary }) {
                     throw ModelError.tokenOutOfRange(token: bad, vocabularySize: vocabulary)
@@ -323,6 +341,7 @@ public final class Generator: Sendable {
     func score(_ tokens: [Int], progress: (@Sendable (Double) -> Void)? = nil,
                _ body: (Int, ArraySlice<Float>) throws -> Void) async throws {
         guard !tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: configuration.chunkSize) }
+        try checkContext(tokens)
         let vocabulary = scheduler.target.vocabularySize
         if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabulary }) { throw ModelError.tokenOutOfRange(token: bad, vocabularySize: vocabulary) }
         let slot = try await scheduler.perform { $0.open(reusingPrefixOf: []).0 }
@@ -344,6 +363,12 @@ public final class Generator: Sendable {
             throw error
         }
         _ = try await scheduler.perform { $0.release(slot) }
+    }
+
+    private func checkContext(_ tokens: [Int]) throws {
+        if let contextLength, tokens.count > contextLength {
+            throw GenerationError.promptTooLong(tokens: tokens.count, contextLength: contextLength)
+        }
     }
 
     /// KV blocks free for new requests (all of them when nothing is running; nil for Mamba).

@@ -78,6 +78,8 @@ final class Scheduler: @unchecked Sendable {
     let draftSource: DraftSource?
     let tokenizer: Tokenizer
     let chunkSize: Int
+    /// Positions a request may use; it ends with `contextFull` when its tokens need more.
+    let contextLength: Int
     let maximumBatch: Int
     private let condition = NSCondition()
     private var incoming: [Request] = []
@@ -91,12 +93,14 @@ final class Scheduler: @unchecked Sendable {
     private var available: Int?
     private var preempted = 0
 
-    init(target: ModelRunner, draft: ModelRunner?, draftSource: DraftSource?, tokenizer: Tokenizer, chunkSize: Int, maximumBatch: Int) {
+    init(target: ModelRunner, draft: ModelRunner?, draftSource: DraftSource?, tokenizer: Tokenizer, chunkSize: Int, maximumBatch: Int,
+         contextLength: Int) {
         self.target = target
         self.draft = draft
         self.draftSource = draftSource
         self.tokenizer = tokenizer
         self.chunkSize = chunkSize
+        self.contextLength = contextLength
         self.maximumBatch = maximumBatch
         available = target.blocks?.available
         let thread = Thread { [self] in loop() }  // holds the scheduler until `shutDown`
@@ -386,6 +390,11 @@ final class Scheduler: @unchecked Sendable {
             finish(request, .maxTokens)
             return false
         }
+        // The newest token is never fed back, so it may be the one past the last position.
+        if request.tokens.count > contextLength {
+            finish(request, .contextFull)
+            return false
+        }
         return true
     }
 
@@ -425,7 +434,8 @@ final class Scheduler: @unchecked Sendable {
     private func propose(for request: Request) -> ([Int], [[(token: Int, probability: Double)]]?) {
         guard var speculation = request.speculation, let source = draftSource else { return ([], nil) }
         let left = request.parameters.maxTokens - request.statistics.generatedTokens - 1
-        let count = min(speculation.nextLength(), left)
+        let positionsLeft = contextLength - request.tokens.count  // drafts must fit the context too
+        let count = min(speculation.nextLength(), left, positionsLeft)
         request.speculation = speculation
         guard count > 0 else { return ([], nil) }
         switch source {
