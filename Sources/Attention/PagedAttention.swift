@@ -19,19 +19,19 @@ public enum PagedAttention {
                               output: FloatBuffer, context: ComputeContext) throws {
         let c = cache.configuration
         let d = c.headDimension
-        let operation = "attention, layer \(layer)"
+        func operation() -> String { "attention, layer \(layer)" }  // built only when throwing
         guard layer >= 0, layer < c.layers else {
-            throw TensorError.invalidArgument(operation: operation, detail: "layer outside 0..<\(c.layers)")
+            throw TensorError.invalidArgument(operation: operation(), detail: "layer outside 0..<\(c.layers)")
         }
         guard queries.columns % d == 0, queries.columns / d % c.keyValueHeads == 0, queries.columns > 0 else {
-            throw TensorError.shapeMismatch(operation: operation,
+            throw TensorError.shapeMismatch(operation: operation(),
                                             detail: "query rows of \(queries.columns) floats are not a multiple of \(c.keyValueHeads) heads × \(d)")
         }
         guard output.columns == queries.columns, n >= 0, firstRow >= 0, firstRow + n <= queries.rows, firstRow + n <= output.rows,
               firstPosition >= 0 else {
-            throw TensorError.shapeMismatch(operation: operation, detail: "\(n) rows, queries \(queries.rows)×\(queries.columns), output \(output.rows)×\(output.columns)")
+            throw TensorError.shapeMismatch(operation: operation(), detail: "\(n) rows, queries \(queries.rows)×\(queries.columns), output \(output.rows)×\(output.columns)")
         }
-        if let window, window < 1 { throw TensorError.invalidArgument(operation: operation, detail: "window \(window) must be ≥ 1") }
+        if let window, window < 1 { throw TensorError.invalidArgument(operation: operation(), detail: "window \(window) must be ≥ 1") }
         let table = try cache.blockTable(of: sequence)
         guard firstPosition + n <= table.count * c.blockSize else {
             throw KVCacheError.positionOutOfRange(sequence: sequence.rawValue, position: firstPosition + n - 1, length: table.count * c.blockSize)
@@ -42,21 +42,38 @@ public enum PagedAttention {
         let scratchCount = queryTile * group * (d + 2) + c.blockSize * (group + 2 * d)
         let attentionScale = scale ?? 1 / Float(d).squareRoot()
         let kvType: Int32 = c.elementType == .f16 ? 1 : 0
-        let rowStride = Int64(queries.columns)
+        let scratch = try context.perThreadScratch(bytes: scratchCount * MemoryLayout<Float>.stride)
         // Int is Int64 on every platform Quill builds for, so the table goes to C without a copy.
         table.withUnsafeBufferPointer { $0.withMemoryRebound(to: Int64.self) { blockTable in
-            context.pool.parallelFor(c.keyValueHeads * tiles) { task in
-                let head = task / tiles, tile = task % tiles
-                let first = tile * queryTile, count = min(queryTile, n - first)
-                let offset = (firstRow + first) * queries.columns + head * group * d
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: scratchCount) { scratch in
-                    quill_attention_paged(queries.pointer + offset, output.pointer + offset, rowStride, Int64(count), Int64(group), Int64(d),
-                                          cache.run(block: 0, layer: layer, head: head, values: false),
-                                          cache.run(block: 0, layer: layer, head: head, values: true),
-                                          Int64(c.runBytes), blockTable.baseAddress!, Int64(c.blockSize),
-                                          Int64(firstPosition + first), Int64(window ?? 0), attentionScale, kvType, scratch.baseAddress!)
-                }
+            let job = AttentionJob(queries: queries.pointer, output: output.pointer, rowStride: Int64(queries.columns),
+                                   firstRow: firstRow, rows: n, firstPosition: firstPosition, tiles: tiles, group: group,
+                                   headDimension: d, keys: cache.run(block: 0, layer: layer, head: 0, values: false),
+                                   values: cache.run(block: 0, layer: layer, head: 0, values: true),
+                                   headBytes: cache.run(block: 0, layer: 0, head: 1, values: false) - cache.run(block: 0, layer: 0, head: 0, values: false),
+                                   runBytes: Int64(c.runBytes), blockTable: blockTable.baseAddress!, blockSize: Int64(c.blockSize),
+                                   window: Int64(window ?? 0), scale: attentionScale, kvType: kvType, scratch: scratch)
+            context.pool.parallelFor(c.keyValueHeads * tiles, job: job) { job, task in
+                let job = job!.assumingMemoryBound(to: AttentionJob.self).pointee
+                let head = Int(task) / job.tiles, tile = Int(task) % job.tiles
+                let first = tile * PagedAttention.queryTile, count = min(PagedAttention.queryTile, job.rows - first)
+                let offset = (job.firstRow + first) * Int(job.rowStride) + head * job.group * job.headDimension
+                quill_attention_paged(job.queries + offset, job.output + offset, job.rowStride, Int64(count), Int64(job.group),
+                                      Int64(job.headDimension), job.keys + head * job.headBytes, job.values + head * job.headBytes,
+                                      job.runBytes, job.blockTable, job.blockSize, Int64(job.firstPosition + first), job.window,
+                                      job.scale, job.kvType,
+                                      job.scratch[ThreadPool.currentThreadIndex]!.assumingMemoryBound(to: Float.self))
             }
         } }
+    }
+
+    /// What an attention task reads: everything by value, so the task captures nothing.
+    private struct AttentionJob {
+        var queries: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>, rowStride: Int64
+        var firstRow: Int, rows: Int, firstPosition: Int, tiles: Int, group: Int, headDimension: Int
+        /// Layer `layer`'s key and value runs of head 0 in block 0; head h is h × headBytes on.
+        var keys: UnsafeMutableRawPointer, values: UnsafeMutableRawPointer, headBytes: Int
+        var runBytes: Int64, blockTable: UnsafePointer<Int64>, blockSize: Int64, window: Int64
+        var scale: Float, kvType: Int32
+        var scratch: UnsafePointer<UnsafeMutableRawPointer?>
     }
 }

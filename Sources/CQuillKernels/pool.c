@@ -30,6 +30,7 @@ struct quill_pool {
     atomic_long next_task;
     atomic_int busy_workers;
     atomic_int stopping;
+    atomic_int started_workers;  // hands out worker indices 1, 2, …
     // The current job; written before generation is bumped, read after it is seen.
     quill_task_fn fn;
     void *context;
@@ -39,6 +40,10 @@ struct quill_pool {
 // The pool whose job this thread is running, so a nested run on it executes inline
 // instead of deadlocking on run_lock.
 static _Thread_local const struct quill_pool *running_pool = NULL;
+// 0 on every thread but a pool's workers, which are numbered from 1.
+static _Thread_local int thread_index = 0;
+
+int quill_pool_thread_index(void) { return thread_index; }
 
 static void run_tasks(struct quill_pool *pool) {
     const struct quill_pool *outer = running_pool;
@@ -53,6 +58,7 @@ static void run_tasks(struct quill_pool *pool) {
 
 static void *worker_main(void *arg) {
     struct quill_pool *pool = arg;
+    thread_index = atomic_fetch_add(&pool->started_workers, 1) + 1;
     unsigned long seen = 0;
     for (;;) {
         unsigned long now = atomic_load(&pool->generation);
@@ -85,6 +91,7 @@ quill_pool *quill_pool_create(int n_threads) {
     atomic_init(&pool->next_task, 0);
     atomic_init(&pool->busy_workers, 0);
     atomic_init(&pool->stopping, 0);
+    atomic_init(&pool->started_workers, 0);
     pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
     if (!pool->threads) { free(pool); return NULL; }
     for (int i = 0; i < n_threads - 1; i++) {

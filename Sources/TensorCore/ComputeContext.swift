@@ -72,7 +72,11 @@ public final class ComputeContext {
     /// The pool kernels split their work over.
     public let pool: ThreadPool
     let quantizedInput = Scratch()
+    /// One scratch per pool thread: GEMM's dequantized weight tiles, other kernels' work
+    /// space (`perThreadScratch`).
     let tiles: [Scratch]
+    /// The tiles' addresses, indexed by `ThreadPool.currentThreadIndex`.
+    private let tilePointers: UnsafeMutablePointer<UnsafeMutableRawPointer?>
 
     /// A context with its own pool of `threads` threads (default: active processors).
     public convenience init(threads: Int? = nil) throws {
@@ -84,6 +88,20 @@ public final class ComputeContext {
         _ = blasConfigured
         self.pool = pool
         self.tiles = (0..<pool.threadCount).map { _ in Scratch() }
+        tilePointers = .allocate(capacity: pool.threadCount)
+        tilePointers.initialize(repeating: nil, count: pool.threadCount)
+    }
+
+    deinit { tilePointers.deallocate() }
+
+    /// At least `bytes` of scratch memory for each pool thread, for kernels in other
+    /// modules: reserve it before a `parallelFor` job, and in each task use entry
+    /// `ThreadPool.currentThreadIndex`. Grow-only, so the token loop allocates nothing once
+    /// the largest step has run; the memory is shared with other kernels, so it holds
+    /// nothing across calls.
+    public func perThreadScratch(bytes: Int) throws -> UnsafePointer<UnsafeMutableRawPointer?> {
+        for (index, tile) in tiles.enumerated() { tilePointers[index] = try tile.reserve(bytes) }
+        return UnsafePointer(tilePointers)
     }
 
     /// Threads available to each kernel.

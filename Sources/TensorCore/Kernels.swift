@@ -35,18 +35,19 @@ public enum Kernels {
                               path: MatmulPath, context: ComputeContext) throws {
         let m = range.count
         let n = weight.rows, k = weight.columns
-        let operation = "matmul with '\(weight.name)' \(weight.elementType) \(weight.shape)"
+        // Built only when an error is thrown: the token loop calls matmul a hundred times a token.
+        func operation() -> String { "matmul with '\(weight.name)' \(weight.elementType) \(weight.shape)" }
         guard weight.shape.count == 2 else {
-            throw TensorError.shapeMismatch(operation: operation, detail: "weight must be 2-D")
+            throw TensorError.shapeMismatch(operation: operation(), detail: "weight must be 2-D")
         }
         guard input.columns == k else {
-            throw TensorError.shapeMismatch(operation: operation, detail: "input has \(input.columns) columns, expected \(k)")
+            throw TensorError.shapeMismatch(operation: operation(), detail: "input has \(input.columns) columns, expected \(k)")
         }
         guard output.columns == n else {
-            throw TensorError.shapeMismatch(operation: operation, detail: "output has \(output.columns) columns, expected \(n)")
+            throw TensorError.shapeMismatch(operation: operation(), detail: "output has \(output.columns) columns, expected \(n)")
         }
         guard range.lowerBound >= 0, range.upperBound <= input.rows, range.upperBound <= output.rows else {
-            throw TensorError.shapeMismatch(operation: operation,
+            throw TensorError.shapeMismatch(operation: operation(),
                                             detail: "rows \(range) requested, input has \(input.rows), output \(output.rows)")
         }
         guard m > 0, n > 0 else { return }
@@ -91,25 +92,38 @@ public enum Kernels {
         let threads = context.threadCount
         let chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 3) / 4 * 4)
         let tasks = (n + chunk - 1) / chunk
-        context.pool.parallelFor(tasks) { task in
-            let begin = task * chunk, end = min(n, begin + chunk)
+        let job = GemvJob(weights: w, stride: stride, type: type, input: input, output: output, rows: m, k: k, n: n,
+                          chunk: chunk, blockActivations: blockActivations, pairActivations: pairActivations)
+        context.pool.parallelFor(tasks, job: job) { job, task in
+            let job = job!.assumingMemoryBound(to: GemvJob.self).pointee
+            let m = job.rows, k = job.k, n = job.n
+            let begin = Int(task) * job.chunk, end = min(n, begin + job.chunk)
             var start = begin
             while start < end {
                 let stop = m == 1 ? end : min(end, start + 16)
                 for i in 0..<m {
-                    let x = input + i * k, y = output + i * n
-                    let r0 = Int64(start), r1 = Int64(stop)
-                    switch type {
+                    let x = job.input + i * k, y = job.output + i * n
+                    let r0 = Int64(start), r1 = Int64(stop), w = job.weights, stride = job.stride
+                    switch job.type {
                     case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
                     case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
                     case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
-                    case .q8_0: quill_gemv_q8_0(w, stride, blockActivations! + i * blocks, Int64(k), y, r0, r1)
-                    case .q4_0: quill_gemv_q4_0(w, stride, pairActivations! + i * pairs, Int64(k), y, r0, r1)
+                    case .q8_0: quill_gemv_q8_0(w, stride, job.blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
+                    case .q4_0: quill_gemv_q4_0(w, stride, job.pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
                     }
                 }
                 start = stop
             }
         }
+    }
+
+    /// What a GEMV task reads: everything by value, so the task captures nothing.
+    private struct GemvJob {
+        var weights: UnsafeRawPointer, stride: Int64, type: ElementType
+        var input: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
+        var rows: Int, k: Int, n: Int, chunk: Int
+        var blockActivations: UnsafeMutablePointer<quill_activation_block>?
+        var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
     }
 
     /// Many activation rows: each thread takes a contiguous slice of weight rows and calls
@@ -123,27 +137,38 @@ public enum Kernels {
         let tileRows = gemmTileRows
         // Each thread's tile is reserved here, so an allocation failure throws on the caller
         // (and, once grown, nothing is allocated: batched decode runs through this path).
-        if weight.elementType != .f32 {
-            for scratch in context.tiles { _ = try scratch.reserve(tileRows * k * 4) }
-        }
-        context.pool.parallelFor(threads) { thread in
-            let begin = thread * part, end = min(n, begin + part)
+        let tiles = weight.elementType == .f32 ? nil : try context.perThreadScratch(bytes: tileRows * k * 4)
+        let job = GemmJob(weights: weight.rawPointer, rowStride: weight.rowStride, type: weight.elementType, input: input,
+                          output: output, rows: m, k: k, n: n, part: part, tileRows: tileRows, tiles: tiles)
+        context.pool.parallelFor(threads, job: job) { job, task in
+            let job = job!.assumingMemoryBound(to: GemmJob.self).pointee
+            let m = job.rows, k = job.k, n = job.n
+            let begin = Int(task) * job.part, end = min(n, begin + job.part)
             guard begin < end else { return }
-            if weight.elementType == .f32 {
-                let w = (weight.rawPointer + begin * weight.rowStride).assumingMemoryBound(to: Float.self)
-                sgemmTransposedB(m: m, n: end - begin, k: k, a: input, lda: k, b: w, ldb: k, c: output + begin, ldc: n)
+            guard let tiles = job.tiles else {  // F32: straight from the weights
+                let w = (job.weights + begin * job.rowStride).assumingMemoryBound(to: Float.self)
+                sgemmTransposedB(m: m, n: end - begin, k: k, a: job.input, lda: k, b: w, ldb: k, c: job.output + begin, ldc: n)
                 return
             }
-            let tile = context.tiles[thread].pointer!.bindMemory(to: Float.self, capacity: tileRows * k)
+            // One task per thread, so the task index picks a tile no other task uses.
+            let tile = tiles[Int(task)]!.bindMemory(to: Float.self, capacity: job.tileRows * k)
             var start = begin
             while start < end {
-                let stop = min(end, start + tileRows)
-                quill_dequantize_rows(weight.elementType.kernelCode, weight.rawPointer, Int64(weight.rowStride), Int64(k),
-                                      Int64(start), Int64(stop), tile)
-                sgemmTransposedB(m: m, n: stop - start, k: k, a: input, lda: k, b: tile, ldb: k, c: output + start, ldc: n)
+                let stop = min(end, start + job.tileRows)
+                quill_dequantize_rows(job.type.kernelCode, job.weights, Int64(job.rowStride), Int64(k), Int64(start), Int64(stop), tile)
+                sgemmTransposedB(m: m, n: stop - start, k: k, a: job.input, lda: k, b: tile, ldb: k, c: job.output + start, ldc: n)
                 start = stop
             }
         }
+    }
+
+    /// What a GEMM task reads (the task captures nothing, so nothing is allocated).
+    private struct GemmJob {
+        var weights: UnsafeRawPointer, rowStride: Int, type: ElementType
+        var input: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
+        var rows: Int, k: Int, n: Int, part: Int, tileRows: Int
+        /// Per-thread dequantization tiles (nil for F32 weights).
+        var tiles: UnsafePointer<UnsafeMutableRawPointer?>?
     }
 
     // MARK: - Row-wise operations on activation buffers

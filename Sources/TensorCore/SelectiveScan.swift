@@ -35,13 +35,20 @@ extension Kernels {
                         // Channel slices of 64: enough tasks to balance two threads, few enough to be cheap.
                         let slice = 64, tasks = (inner + slice - 1) / slice
                         withUnsafePointer(to: &args) { pointer in
-                            context.pool.parallelFor(tasks) { task in
-                                quill_mamba_scan(pointer, Int64(task * slice), Int64(min(inner, (task + 1) * slice)))
+                            context.pool.parallelFor(tasks, job: ScanJob(arguments: pointer, inner: inner, slice: slice)) { job, task in
+                                let job = job!.assumingMemoryBound(to: ScanJob.self).pointee
+                                let begin = Int(task) * job.slice
+                                quill_mamba_scan(job.arguments, Int64(begin), Int64(min(job.inner, begin + job.slice)))
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// What a scan task reads (the task captures nothing, so nothing is allocated).
+    private struct ScanJob {
+        var arguments: UnsafePointer<quill_mamba_scan_args>, inner: Int, slice: Int
     }
 }

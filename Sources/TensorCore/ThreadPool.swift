@@ -26,6 +26,31 @@ public final class ThreadPool: @unchecked Sendable {
 
     deinit { quill_pool_destroy(pool) }
 
+    /// A task of `parallelFor(_:job:_:)`: called with a pointer to the job and a task index.
+    /// A C function pointer, so it cannot capture (and allocate) anything.
+    public typealias Task = @convention(c) (_ job: UnsafeMutableRawPointer?, _ index: Int64) -> Void
+
+    /// The calling thread's index in the job it runs: 0 for the thread that called
+    /// `parallelFor` (and for any thread outside a job), 1..<threadCount for the workers.
+    /// Tasks use it to pick per-thread scratch memory.
+    public static var currentThreadIndex: Int { Int(quill_pool_thread_index()) }
+
+    /// Calls `task(&job, i)` for every i in 0..<count, spread over the pool, and returns when
+    /// all calls are done. Unlike the closure form it allocates nothing (a closure passed
+    /// through the C pool is copied to the heap on every call), so the token loop uses it:
+    /// `job` carries everything the task needs, and the task reads it through the pointer.
+    public func parallelFor<Job>(_ count: Int, job: Job, _ task: Task) {
+        guard count > 0 else { return }
+        var job = job
+        withUnsafeMutableBytes(of: &job) { bytes in
+            if threadCount == 1 || count == 1 {
+                for index in 0..<count { task(bytes.baseAddress, Int64(index)) }
+            } else {
+                quill_pool_run(pool, task, bytes.baseAddress, Int64(count))
+            }
+        }
+    }
+
     /// Calls `body(i)` for every i in 0..<count, spread over the pool, and returns when all
     /// calls are done. `body` runs concurrently on several threads: it must only write
     /// memory that no other index writes.

@@ -178,6 +178,9 @@ int quill_pool_threads(const quill_pool *pool);
 /// Runs fn(context, i) for every i in [0, n_tasks) across the pool and returns when all
 /// are done. Concurrent calls on one pool are serialized.
 void quill_pool_run(quill_pool *pool, quill_task_fn fn, void *context, int64_t n_tasks);
+/// The calling thread's index within the pool running it: 1 ..< n_threads for a pool's
+/// workers, 0 on any other thread (the caller of quill_pool_run takes part as thread 0).
+int quill_pool_thread_index(void);
 
 #ifdef __cplusplus
 }
