@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Each installs what is missing first.
-.PHONY: run test sanitize deps bench
+.PHONY: run test test-release sanitize deps bench
 
 deps:
 	@./Scripts/install-deps.sh
@@ -11,6 +11,11 @@ run: deps
 ## Runs the test suite.
 test: deps
 	swift test --disable-xctest  # every test uses Swift Testing
+
+## Runs the allocation tests, which count mallocs in the optimized token loop and are
+## skipped in debug builds.
+test-release: deps
+	swift test -c release -Xswiftc -enable-testing --scratch-path .build-release --disable-xctest --filter AllocationTests
 
 ## Runs the test suite under ThreadSanitizer and AddressSanitizer (with LeakSanitizer);
 ## any report fails the run. Separate build folders keep the normal build untouched.

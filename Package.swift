@@ -41,7 +41,9 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "CQuillKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "ModelsTests", dependencies: ["Models"], exclude: ["Fixtures"]),
         .testTarget(name: "AttentionTests", dependencies: ["Attention"]),
-        .testTarget(name: "DecodingTests", dependencies: ["Decoding"], exclude: ["Fixtures"]),
+        // Test support: counts Swift allocations (does decoding allocate per token?).
+        .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
+        .testTarget(name: "DecodingTests", dependencies: ["Decoding", "CAllocationCounter"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore"]),
     ],
     swiftLanguageModes: [.v6]

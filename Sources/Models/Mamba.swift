@@ -48,6 +48,7 @@ public final class MambaModel {
     let dtIn: FloatBuffer                           // [n, rank]
     let dt: FloatBuffer                             // [n, inner]
     let y: FloatBuffer                              // [n, inner]
+    let outputScratch = OutputScratch()  // the head's gathered rows and logits, grown on demand
 
     /// Builds the model from `files` (a Mamba) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
@@ -185,7 +186,7 @@ public final class MambaModel {
         }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
         return try chunkLogits(normed, groups: groups, rowStarts: rowStarts, counts: chunks.map(\.tokens.count),
-                               allLogits: chunks.map(\.allLogits), head: outputHead, context: context)
+                               allLogits: chunks.map(\.allLogits), head: outputHead, scratch: outputScratch, context: context)
     }
 
     /// Causal depthwise convolution + SiLU of x (the first half of `xz`) into `x`, token by

@@ -173,35 +173,50 @@ public struct ModelFiles: Sendable {
     }
 }
 
-/// Logits for the given rows of `normed` (gathered: a batch's last rows are not contiguous)
-/// through the output head: [rows.count][vocabulary].
-func outputLogits(_ normed: FloatBuffer, rows: [Int], head: Tensor, path: Kernels.MatmulPath = .automatic,
-                  context: ComputeContext) throws -> FloatBuffer {
-    let selected = try FloatBuffer(rows: rows.count, columns: normed.columns)
-    for (i, source) in rows.enumerated() { selected.row(i).update(from: normed.row(source), count: normed.columns) }
-    let logits = try FloatBuffer(rows: rows.count, columns: head.rows)
-    try Kernels.matmul(weight: head, input: selected, rows: 0..<rows.count, output: logits, path: path, context: context)
-    return logits
+/// The output head's buffers, kept by a model across steps and grown only when a step
+/// needs more rows: a vocabulary-wide logits buffer per step would be a fresh mmap (and
+/// its page faults) on every token.
+final class OutputScratch {
+    /// Final-norm rows gathered for the head: [rows][hidden].
+    private(set) var selected: FloatBuffer?
+    /// Logits of the gathered rows: [rows][vocabulary].
+    private(set) var logits: FloatBuffer?
+
+    func reserve(rows: Int, hidden: Int, vocabulary: Int) throws -> (selected: FloatBuffer, logits: FloatBuffer) {
+        if let selected, let logits, selected.rows >= rows { return (selected, logits) }
+        let capacity = max(rows, (selected?.rows ?? 0) * 2)
+        let pair = (try FloatBuffer(rows: capacity, columns: hidden), try FloatBuffer(rows: capacity, columns: vocabulary))
+        (selected, logits) = pair
+        return pair
+    }
 }
 
 /// Each chunk's logits from the final-norm rows, group by group (so the output head, too,
 /// multiplies a row the same way whatever shares its step): [rows][vocabulary] per chunk,
 /// rows = the chunk's token count when `allLogits[i]`, else 1 (its last row).
 func chunkLogits(_ normed: FloatBuffer, groups: [RowGroup], rowStarts: [Int], counts: [Int], allLogits: [Bool],
-                 head: Tensor, context: ComputeContext) throws -> [[Float]] {
+                 head: Tensor, scratch: OutputScratch, context: ComputeContext) throws -> [[Float]] {
     var results: [[Float]] = []
+    results.reserveCapacity(counts.count)
     for group in groups {
-        var selected: [Int] = []
-        for index in group.chunks {
-            let last = rowStarts[index] + counts[index] - 1
-            selected += allLogits[index] ? Array(rowStarts[index]...last) : [last]
-        }
-        let logits = try outputLogits(normed, rows: selected, head: head, path: group.path, context: context)
+        var rows = 0
+        for index in group.chunks { rows += allLogits[index] ? counts[index] : 1 }
+        let (selected, logits) = try scratch.reserve(rows: rows, hidden: normed.columns, vocabulary: head.rows)
+        // Gather the rows the chunks want (a batch's last rows are not contiguous).
         var next = 0
         for index in group.chunks {
-            let rows = allLogits[index] ? counts[index] : 1
-            results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: rows * head.rows)))
-            next += rows
+            let last = rowStarts[index] + counts[index] - 1
+            for source in (allLogits[index] ? rowStarts[index] : last)...last {
+                selected.row(next).update(from: normed.row(source), count: normed.columns)
+                next += 1
+            }
+        }
+        try Kernels.matmul(weight: head, input: selected, rows: 0..<rows, output: logits, path: group.path, context: context)
+        next = 0
+        for index in group.chunks {
+            let count = allLogits[index] ? counts[index] : 1
+            results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * head.rows)))
+            next += count
         }
     }
     return results

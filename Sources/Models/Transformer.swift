@@ -81,6 +81,7 @@ public final class TransformerModel {
     var chosenWeight: [Float]                                    // [n·k] its renormalized weight
     var routedChoice: [Int]                                      // [n] (token·k + slot) of each expertInput row
     let cosTable, sinTable: UnsafeMutablePointer<Float>          // [rotary/2]
+    let outputScratch = OutputScratch()  // the head's gathered rows and logits, grown on demand
 
     /// Builds the model from `files` (a transformer) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
@@ -238,7 +239,9 @@ public final class TransformerModel {
               cache.configuration.headDimension == c.headDimension else {
             throw ModelError.cacheMismatch("\(cache.configuration) for \(c.layerCount) layers of \(c.keyValueHeadCount)×\(c.headDimension)")
         }
-        guard Set(chunks.map(\.sequence)).count == chunks.count else { throw ModelError.cacheMismatch("a sequence appears twice in one step") }
+        for (index, chunk) in chunks.enumerated() where chunks[..<index].contains(where: { $0.sequence == chunk.sequence }) {
+            throw ModelError.cacheMismatch("a sequence appears twice in one step")
+        }
         for chunk in chunks {
             guard !chunk.tokens.isEmpty else { throw ModelError.tooManyTokens(count: 0, maximum: maximumTokens) }
             for token in chunk.tokens where token < 0 || token >= c.vocabularySize {
@@ -295,7 +298,7 @@ public final class TransformerModel {
         for chunk in chunks { try cache.append(chunk.sequence, tokens: chunk.tokens) }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
         return try chunkLogits(normed, groups: groups, rowStarts: rowStarts, counts: chunks.map(\.tokens.count),
-                               allLogits: chunks.map(\.allLogits), head: outputHead, context: context)
+                               allLogits: chunks.map(\.allLogits), head: outputHead, scratch: outputScratch, context: context)
     }
 
     /// Logits for every position of `tokens` as a fresh sequence (evaluation and scoring),
