@@ -234,8 +234,10 @@ public final class Generator: Sendable {
     }
 
     static func runner(_ files: ModelFiles, _ configuration: GeneratorConfiguration, _ context: ComputeContext) throws -> ModelRunner {
-        // A step holds one prompt chunk and every running request's decode row and drafts.
-        let rows = configuration.chunkSize + configuration.maximumBatch * (Speculation.maximumDraft + 1)
+        // A step holds one prompt chunk and every running request's decode row and drafts
+        // (activation buffers are sized for it, so no room for drafts without speculation).
+        let rowsPerRequest = configuration.draft == nil ? 1 : Speculation.maximumDraft + 1
+        let rows = configuration.chunkSize + configuration.maximumBatch * rowsPerRequest
         switch files.configuration {
         case .transformer:
             let model = try TransformerModel(files: files, context: context, maximumTokens: rows)
