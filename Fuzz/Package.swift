@@ -3,7 +3,7 @@
 // build never touches the library's normal one. Build and run with Scripts/fuzz.sh.
 import PackageDescription
 
-let targets = ["safetensors", "gguf", "tokenizer", "encode", "config"]
+let targets = ["safetensors", "gguf", "tokenizer", "encode", "config", "chattemplate"]
 
 let package = Package(
     name: "QuillFuzz",

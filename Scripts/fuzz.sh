@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf tokenizer encode config)
+[ ${#targets[@]} -eq 0 ] && targets=(safetensors gguf tokenizer encode config chattemplate)
 
 log=$(mktemp)
 if ! swift build -c release --package-path Fuzz --scratch-path .build-fuzz \
@@ -25,6 +25,7 @@ seeds() {
         tokenizer) find Tests/Fixtures/tokenizers -name 'tokenizer.json' ;;
         encode) python3 -c "import json,sys,pathlib; [pathlib.Path(sys.argv[1], f'case{i}').write_text(c['text']) for i, c in enumerate(json.load(open('Tests/Fixtures/tokenizers/cases.json'))['byte-level'])]" "$corpus"; return ;;
         config) find Tests/ModelsTests/Fixtures/configs Tests/Fixtures/models -name 'config.json' -o -name 'v*.json' ;;
+        chattemplate) python3 -c "import json,sys,pathlib; [pathlib.Path(sys.argv[1], name).write_text(t) for name, t in json.load(open('Tests/DecodingTests/Fixtures/chat_templates.json'))['templates'].items()]" "$corpus"; return ;;
     esac
 }
 
