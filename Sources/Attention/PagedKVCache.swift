@@ -180,10 +180,11 @@ public final class PagedKVCache {
     }
 
     /// Changes a sequence's state where it is stored: a copy would make copy-on-write
-    /// duplicate its token array on every append (quadratic over a long generation).
+    /// duplicate its arrays on every append (quadratic over a long generation). Through
+    /// `values[index]`, not `sequences[key]!`, which copied both arrays on every call.
     func modify<T>(_ sequence: SequenceID, _ body: (inout Sequence) throws -> T) throws -> T {
-        guard sequences[sequence.rawValue] != nil else { throw KVCacheError.unknownSequence(sequence.rawValue) }
-        return try body(&sequences[sequence.rawValue]!)
+        guard let index = sequences.index(forKey: sequence.rawValue) else { throw KVCacheError.unknownSequence(sequence.rawValue) }
+        return try body(&sequences.values[index])
     }
 
     // MARK: - Sequences
@@ -228,6 +229,7 @@ public final class PagedKVCache {
         let needed = max((state.length + count + size - 1) / size - state.blocks.count, 0)
         let lastIsShared = state.length % size != 0 && !isPrivate(state.blocks[state.blocks.count - 1])
         let total = needed + (lastIsShared ? 1 : 0)
+        guard total > 0 else { return }  // the common decode step: room in the last block, nothing to change
         guard total <= availableBlockCount else { throw KVCacheError.outOfBlocks(needed: total, available: availableBlockCount) }
         var replacement: Int?
         if lastIsShared {

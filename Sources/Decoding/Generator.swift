@@ -354,7 +354,7 @@ public final class Generator: Sendable {
                 let chunk = Array(tokens[start..<min(tokens.count, start + configuration.chunkSize)])
                 let logits = try await scheduler.perform { runner -> [Float] in
                     try runner.reserve(slot, tokens: chunk.count)
-                    return try runner.forward([ModelRunner.Item(slot: slot, tokens: chunk, allLogits: true, traceStates: false)])[0]
+                    return try runner.forwardCopying(ModelRunner.Item(slot: slot, tokens: chunk, allLogits: true, traceStates: false))
                 }
                 for i in chunk.indices { try body(start + i, logits[i * vocabulary..<(i + 1) * vocabulary]) }
                 start += chunk.count

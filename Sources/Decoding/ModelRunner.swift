@@ -45,6 +45,11 @@ final class ModelRunner {
     /// Mamba: a state saved by `snapshot`, which `rollback` can return to.
     private var mambaSnapshots: [Slot: MambaState] = [:]
     private var nextMambaSlot = 0
+    // Per-step arrays, kept so that their storage is reused.
+    private var chunks: [SequenceChunk] = []
+    private var mambaChunks: [MambaChunk] = []
+    private var states: [MambaState] = []
+    private var traces: [[MambaState]] = []
 
     init(_ model: Model) {
         self.model = model
@@ -101,29 +106,40 @@ final class ModelRunner {
     }
 
     /// One batched forward step.
-    func forward(_ items: [Item]) throws -> [[Float]] {
+    /// One step over `items`; the logits stay in the model's buffer until the next step.
+    func forward(_ items: [Item]) throws -> StepLogits {
         switch model {
         case let .transformer(m, cache):
-            return try m.forward(items.map { SequenceChunk(sequence: $0.slot.sequence, tokens: $0.tokens, allLogits: $0.allLogits) },
-                                 cache: cache)
+            chunks.removeAll(keepingCapacity: true)
+            for item in items { chunks.append(SequenceChunk(sequence: item.slot.sequence, tokens: item.tokens, allLogits: item.allLogits)) }
+            return try m.step(chunks, cache: cache)
         case let .mamba(m):
             // The states are taken out of the dictionary while the step runs, so the scan
             // updates them in place instead of copying every layer's state (copy-on-write).
-            var states: [MambaState] = []
-            defer { for (index, state) in states.enumerated() { mambaStates[items[index].slot] = state } }
+            states.removeAll(keepingCapacity: true)
+            mambaChunks.removeAll(keepingCapacity: true)
+            defer {
+                for (index, state) in states.enumerated() { mambaStates[items[index].slot] = state }
+                states.removeAll(keepingCapacity: true)
+            }
             for item in items {
                 guard let state = mambaStates.removeValue(forKey: item.slot) else {
                     throw ModelError.cacheMismatch("no Mamba state for slot \(item.slot.raw)")
                 }
                 states.append(state)
+                mambaChunks.append(MambaChunk(tokens: item.tokens, allLogits: item.allLogits, traceStates: item.traceStates))
             }
-            var traces: [[MambaState]] = []
-            let logits = try m.forward(items.map { MambaChunk(tokens: $0.tokens, allLogits: $0.allLogits, traceStates: $0.traceStates) },
-                                       states: &states, traces: &traces)
-            for (index, item) in items.enumerated() { mambaTraces[item.slot] = traces[index] }
+            let logits = try m.step(mambaChunks, states: &states, traces: &traces)
+            for (index, item) in items.enumerated() {
+                mambaTraces[item.slot] = traces[index]
+                traces[index] = []
+            }
             return logits
         }
     }
+
+    /// The last step's logits of one item, copied (for callers off the scheduler's thread).
+    func forwardCopying(_ item: Item) throws -> [Float] { Array(try forward([item])[0]) }
 
     /// Remembers the sequence's current state (Mamba), so `rollback` can return to it.
     func snapshot(_ slot: Slot) {

@@ -224,7 +224,7 @@ final class Scheduler: @unchecked Sendable {
         plan = reserveBlocks(plan)
         guard !plan.isEmpty else { return }
 
-        let logits: [[Float]]
+        let logits: StepLogits
         let forwardStarted = Date()
         do {
             logits = try target.forward(plan.map {
@@ -238,7 +238,7 @@ final class Scheduler: @unchecked Sendable {
         counter += 1
         condition.unlock()
         let forwardSeconds = Date().timeIntervalSince(forwardStarted)
-        for (item, rows) in zip(plan, logits) { advance(item, logits: rows, forwardSeconds: forwardSeconds) }
+        for (index, item) in plan.enumerated() { advance(item, logits: logits[index], forwardSeconds: forwardSeconds) }
     }
 
     /// Admits waiting requests, oldest first, while the batch has room and the KV pool has
@@ -300,7 +300,7 @@ final class Scheduler: @unchecked Sendable {
 
     // MARK: - After the forward pass
 
-    private func advance(_ item: Planned, logits: [Float], forwardSeconds: Double) {
+    private func advance(_ item: Planned, logits: UnsafeBufferPointer<Float>, forwardSeconds: Double) {
         let request = item.request
         let before = request.computed
         request.computed += item.tokens.count
@@ -310,15 +310,15 @@ final class Scheduler: @unchecked Sendable {
             request.statistics.prefillTokensPerSecond = Double(computedPrompt) / max(Date().timeIntervalSince(started), 1e-9)
         }
         let vocabulary = target.vocabularySize
-        func row(_ i: Int) -> ArraySlice<Float> {
+        func row(_ i: Int) -> UnsafeBufferPointer<Float> {
             let start = (item.drafts.isEmpty ? 0 : i) * vocabulary
-            return logits[start..<start + vocabulary]
+            return UnsafeBufferPointer(rebasing: logits[start..<start + vocabulary])
         }
         // The tokens this step yields: accepted drafts, then the target's own choice.
         var chosen: [Int] = []
         var history = request.history
         for i in 0...item.drafts.count {
-            let next = row(i).withUnsafeBufferPointer { buffer -> Int? in
+            let next = { (buffer: UnsafeBufferPointer<Float>) -> Int? in
                 // Plain greedy: the SIMD argmax (first of equal maxima, as the chain's rule)
                 // instead of loading the candidate buffer.
                 if !request.sampler.isSampling && request.sampler.processors.isEmpty, let best = Kernels.argmax(buffer) {
@@ -332,7 +332,7 @@ final class Scheduler: @unchecked Sendable {
                 let p = request.sampler.distribution(&request.candidates, history: history)
                 return SpeculativeSampling.verify(draft: item.drafts[i], p: p, q: item.draftDistributions?[i],
                                                   uniform: { request.sampler.uniform() })
-            }
+            }(row(i))
             if let next {
                 chosen.append(next)
                 break
@@ -358,7 +358,7 @@ final class Scheduler: @unchecked Sendable {
 
     /// Handles one chosen token: stop conditions, then text. Returns false when the request
     /// finished.
-    private func emit(_ request: Request, token: Int, logits: ArraySlice<Float>) -> Bool {
+    private func emit(_ request: Request, token: Int, logits: UnsafeBufferPointer<Float>) -> Bool {
         let p = request.parameters
         if p.logprobs > 0 { request.yield(.logprobs(Generator.logprobs(Array(logits), chosen: token, top: p.logprobs))) }
         if request.stops.contains(token) {
@@ -466,7 +466,7 @@ final class Scheduler: @unchecked Sendable {
         while start < request.tokens.count {
             let end = min(request.tokens.count, start + draft.maximumTokens)
             try draft.reserve(slot, tokens: end - start)
-            logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: Array(request.tokens[start..<end]), allLogits: false, traceStates: false)])[0]
+            logits = try draft.forwardCopying(ModelRunner.Item(slot: slot, tokens: Array(request.tokens[start..<end]), allLogits: false, traceStates: false))
             start = end
         }
         request.speculation?.held = request.tokens.count
@@ -490,7 +490,7 @@ final class Scheduler: @unchecked Sendable {
             history.tokens.append(token)
             if i < count - 1 {
                 try draft.reserve(slot, tokens: 1)
-                logits = try draft.forward([ModelRunner.Item(slot: slot, tokens: [token], allLogits: false, traceStates: false)])[0]
+                logits = try draft.forwardCopying(ModelRunner.Item(slot: slot, tokens: [token], allLogits: false, traceStates: false))
             }
         }
         return (drafts, request.sampler.isSampling ? distributions : nil)

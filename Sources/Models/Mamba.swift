@@ -49,6 +49,7 @@ public final class MambaModel {
     let dt: FloatBuffer                             // [n, inner]
     let y: FloatBuffer                              // [n, inner]
     let outputScratch = OutputScratch()  // the head's gathered rows and logits, grown on demand
+    let layout = StepLayout()            // the step's row layout, refilled each step
 
     /// Builds the model from `files` (a Mamba) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
@@ -122,10 +123,7 @@ public final class MambaModel {
     /// state after each of its tokens (traces[i][t]: after token t), so speculative decoding
     /// can roll a sequence back to any verified position without recomputing.
     public func forward(_ chunks: [MambaChunk], states: inout [MambaState], traces: inout [[MambaState]]) throws -> [[Float]] {
-        traces = zip(chunks, states).map { chunk, state in
-            chunk.traceStates ? [MambaState](repeating: state, count: chunk.tokens.count) : []
-        }
-        return try run(chunks, states: &states, traces: &traces)
+        try step(chunks, states: &states, traces: &traces).arrays()
     }
 
     /// One step over several sequences: chunk i continues `states[i]` (which advances). The
@@ -133,11 +131,19 @@ public final class MambaModel {
     /// sequence's logits do not depend on the others in the step); the convolution and the
     /// scan run per sequence. Returns each chunk's logits ([rows][vocabulary]).
     public func forward(_ chunks: [MambaChunk], states: inout [MambaState]) throws -> [[Float]] {
-        var traces = [[MambaState]](repeating: [], count: chunks.count)
-        return try run(chunks, states: &states, traces: &traces)
+        var traces: [[MambaState]] = []
+        return try step(chunks, states: &states, traces: &traces).arrays()
     }
 
-    func run(_ chunks: [MambaChunk], states: inout [MambaState], traces: inout [[MambaState]]) throws -> [[Float]] {
+    /// The step of `forward(_:states:traces:)`, its logits left in the model's output
+    /// buffer (valid until the next step). Allocates nothing when no chunk traces its states
+    /// and `traces` already holds one empty array per chunk.
+    public func step(_ chunks: [MambaChunk], states: inout [MambaState], traces: inout [[MambaState]]) throws -> StepLogits {
+        if traces.count != chunks.count || traces.contains(where: { !$0.isEmpty }) || chunks.contains(where: \.traceStates) {
+            traces = zip(chunks, states).map { chunk, state in
+                chunk.traceStates ? [MambaState](repeating: state, count: chunk.tokens.count) : []
+            }
+        }
         let c = configuration
         let n = chunks.reduce(0) { $0 + $1.tokens.count }
         guard chunks.count == states.count else { throw ModelError.cacheMismatch("\(chunks.count) chunks for \(states.count) states") }
@@ -152,12 +158,10 @@ public final class MambaModel {
             throw ModelError.cacheMismatch("a Mamba state of \(state.ssm.count) layers for a model of \(c.layerCount)")
         }
         let rank = c.timeStepRank
-        let groups = RowGroup.plan(chunks.map(\.tokens.count))
-        var rowStarts: [Int] = [], row = 0
-        for chunk in chunks {
-            rowStarts.append(row)
-            for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(row + i)) }
-            row += chunk.tokens.count
+        layout.plan(chunks: chunks.count, count: { chunks[$0].tokens.count }, allLogits: { chunks[$0].allLogits })
+        let rowStarts = layout.rowStarts, groups = layout.groups
+        for (index, chunk) in chunks.enumerated() {
+            for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(rowStarts[index] + i)) }
         }
         for (index, layer) in layers.enumerated() {
             try Kernels.rmsNorm(hidden, weight: layer.norm, epsilon: c.normEpsilon, rows: n, output: normed)
@@ -185,8 +189,7 @@ public final class MambaModel {
             states[i].length += chunk.tokens.count
         }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.normEpsilon, rows: n, output: normed)
-        return try chunkLogits(normed, groups: groups, rowStarts: rowStarts, counts: chunks.map(\.tokens.count),
-                               allLogits: chunks.map(\.allLogits), head: outputHead, scratch: outputScratch, context: context)
+        return try chunkLogits(normed, layout: layout, head: outputHead, scratch: outputScratch, context: context)
     }
 
     /// Causal depthwise convolution + SiLU of x (the first half of `xz`) into `x`, token by

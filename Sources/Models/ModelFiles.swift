@@ -173,6 +173,64 @@ public struct ModelFiles: Sendable {
     }
 }
 
+/// The layout of one forward step, kept by a model and refilled every step (its arrays keep
+/// their capacity, so a step allocates nothing once they have grown).
+final class StepLayout {
+    /// Where each chunk's rows start in the activation buffers.
+    private(set) var rowStarts: [Int] = []
+    /// Each chunk's token count.
+    private(set) var counts: [Int] = []
+    /// Each chunk's first row in the logits, plus the total at the end (chunk i owns rows
+    /// logitRows[i] ..< logitRows[i + 1]).
+    private(set) var logitRows: [Int] = []
+    /// Rows multiplied together.
+    private(set) var groups: [RowGroup] = []
+    /// Rows of the step.
+    private(set) var rows = 0
+
+    /// Lays out chunks of `count(i)` tokens, of which `allLogits(i)` want every row's logits.
+    func plan(chunks: Int, count: (Int) -> Int, allLogits: (Int) -> Bool) {
+        rowStarts.removeAll(keepingCapacity: true)
+        counts.removeAll(keepingCapacity: true)
+        logitRows.removeAll(keepingCapacity: true)
+        groups.removeAll(keepingCapacity: true)
+        rows = 0
+        var logits = 0
+        for index in 0..<chunks {
+            let n = count(index)
+            rowStarts.append(rows)
+            counts.append(n)
+            logitRows.append(logits)
+            logits += allLogits(index) ? n : 1
+            RowGroup.extend(&groups, chunk: index, rows: rows..<rows + n)
+            rows += n
+        }
+        logitRows.append(logits)
+    }
+}
+
+/// Logits of one forward step: chunk i's rows (its token count, or 1 when it asked only for
+/// its last token) × vocabulary. A view of the model's output buffer, valid until the
+/// model's next step; `arrays()` copies it.
+public struct StepLogits {
+    let buffer: FloatBuffer
+    let logitRows: [Int]
+    /// Floats per row.
+    public let vocabularySize: Int
+
+    /// Chunks in the step.
+    public var count: Int { logitRows.count - 1 }
+
+    /// Chunk `index`'s logits, row-major.
+    public subscript(index: Int) -> UnsafeBufferPointer<Float> {
+        let first = logitRows[index], rows = logitRows[index + 1] - first
+        return UnsafeBufferPointer(start: buffer.row(first), count: rows * vocabularySize)
+    }
+
+    /// Every chunk's logits, copied: [chunk][rows × vocabulary].
+    public func arrays() -> [[Float]] { (0..<count).map { Array(self[$0]) } }
+}
+
 /// The output head's buffers, kept by a model across steps and grown only when a step
 /// needs more rows: a vocabulary-wide logits buffer per step would be a fresh mmap (and
 /// its page faults) on every token.
@@ -192,34 +250,26 @@ final class OutputScratch {
 }
 
 /// Each chunk's logits from the final-norm rows, group by group (so the output head, too,
-/// multiplies a row the same way whatever shares its step): [rows][vocabulary] per chunk,
-/// rows = the chunk's token count when `allLogits[i]`, else 1 (its last row).
-func chunkLogits(_ normed: FloatBuffer, groups: [RowGroup], rowStarts: [Int], counts: [Int], allLogits: [Bool],
-                 head: Tensor, scratch: OutputScratch, context: ComputeContext) throws -> [[Float]] {
-    var results: [[Float]] = []
-    results.reserveCapacity(counts.count)
-    for group in groups {
-        var rows = 0
-        for index in group.chunks { rows += allLogits[index] ? counts[index] : 1 }
-        let (selected, logits) = try scratch.reserve(rows: rows, hidden: normed.columns, vocabulary: head.rows)
-        // Gather the rows the chunks want (a batch's last rows are not contiguous).
-        var next = 0
+/// multiplies a row the same way whatever shares its step).
+func chunkLogits(_ normed: FloatBuffer, layout: StepLayout, head: Tensor, scratch: OutputScratch,
+                 context: ComputeContext) throws -> StepLogits {
+    let total = layout.logitRows.last ?? 0
+    let (selected, logits) = try scratch.reserve(rows: total, hidden: normed.columns, vocabulary: head.rows)
+    for group in layout.groups {
+        // Gather the rows the group's chunks want (a batch's last rows are not contiguous),
+        // at their places in the logits, and multiply them together.
         for index in group.chunks {
-            let last = rowStarts[index] + counts[index] - 1
-            for source in (allLogits[index] ? rowStarts[index] : last)...last {
+            let last = layout.rowStarts[index] + layout.counts[index] - 1
+            var next = layout.logitRows[index]
+            for source in (layout.logitRows[index + 1] - next > 1 ? layout.rowStarts[index] : last)...last {
                 selected.row(next).update(from: normed.row(source), count: normed.columns)
                 next += 1
             }
         }
-        try Kernels.matmul(weight: head, input: selected, rows: 0..<rows, output: logits, path: group.path, context: context)
-        next = 0
-        for index in group.chunks {
-            let count = allLogits[index] ? counts[index] : 1
-            results.append(Array(UnsafeBufferPointer(start: logits.row(next), count: count * head.rows)))
-            next += count
-        }
+        let rows = layout.logitRows[group.chunks.lowerBound]..<layout.logitRows[group.chunks.upperBound]
+        try Kernels.matmul(weight: head, input: selected, rows: rows, output: logits, path: group.path, context: context)
     }
-    return results
+    return StepLogits(buffer: logits, logitRows: layout.logitRows, vocabularySize: head.rows)
 }
 
 /// Rows of one forward step that are multiplied together. Chunks shorter than
@@ -234,20 +284,16 @@ struct RowGroup {
     var rowwise: Bool
     var path: Kernels.MatmulPath { rowwise ? .rowwise : .automatic }
 
-    static func plan(_ counts: [Int]) -> [RowGroup] {
-        var groups: [RowGroup] = []
-        var row = 0
-        for (index, count) in counts.enumerated() {
-            let small = count < Kernels.gemmThreshold
-            if small, let last = groups.last, last.rowwise {
-                groups[groups.count - 1].rows = last.rows.lowerBound..<row + count
-                groups[groups.count - 1].chunks = last.chunks.lowerBound..<index + 1
-            } else {
-                groups.append(RowGroup(rows: row..<row + count, chunks: index..<index + 1, rowwise: small))
-            }
-            row += count
+    /// Adds chunk `index` with `rows` to `groups`: into the last group when both are short
+    /// (row-wise), else as a group of its own.
+    static func extend(_ groups: inout [RowGroup], chunk index: Int, rows: Range<Int>) {
+        let small = rows.count < Kernels.gemmThreshold
+        if small, let last = groups.last, last.rowwise {
+            groups[groups.count - 1].rows = last.rows.lowerBound..<rows.upperBound
+            groups[groups.count - 1].chunks = last.chunks.lowerBound..<index + 1
+        } else {
+            groups.append(RowGroup(rows: rows, chunks: index..<index + 1, rowwise: small))
         }
-        return groups
     }
 }
 

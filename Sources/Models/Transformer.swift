@@ -82,6 +82,8 @@ public final class TransformerModel {
     var routedChoice: [Int]                                      // [n] (token·k + slot) of each expertInput row
     let cosTable, sinTable: UnsafeMutablePointer<Float>          // [rotary/2]
     let outputScratch = OutputScratch()  // the head's gathered rows and logits, grown on demand
+    let layout = StepLayout()            // the step's row layout, refilled each step
+    var positions: [Int]                 // [chunks] each chunk's first position, refilled each step
 
     /// Builds the model from `files` (a transformer) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
@@ -148,6 +150,8 @@ public final class TransformerModel {
         routedChoice = [Int](repeating: 0, count: c.experts == nil ? 0 : n)
         cosTable = .allocate(capacity: max(1, rope.dimension / 2))
         sinTable = .allocate(capacity: max(1, rope.dimension / 2))
+        positions = []
+        positions.reserveCapacity(maximumTokens)
     }
 
     deinit {
@@ -225,13 +229,18 @@ public final class TransformerModel {
         try forward([SequenceChunk(sequence: sequence, tokens: tokens, allLogits: allLogits)], cache: cache)[0]
     }
 
+    /// `step(_:cache:)` with the logits copied out: [chunk][rows × vocabulary].
+    public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) throws -> [[Float]] {
+        try step(chunks, cache: cache).arrays()
+    }
+
     /// One step over several sequences at once: every weight matrix is read once for all
     /// their rows (a decode step of N sequences multiplies each weight tile with all N rows,
     /// not N matrix × vector passes); RoPE, the KV writes and attention run per sequence.
     /// Each row's result depends only on its own chunk (see `RowGroup`), so a sequence's
     /// logits are the same whichever others share the step. Returns each chunk's logits
-    /// ([rows][vocabulary], rows = its token count or 1).
-    public func forward(_ chunks: [SequenceChunk], cache: PagedKVCache) throws -> [[Float]] {
+    /// (rows = its token count or 1), valid until the next step; nothing is allocated.
+    public func step(_ chunks: [SequenceChunk], cache: PagedKVCache) throws -> StepLogits {
         let c = configuration
         let n = chunks.reduce(0) { $0 + $1.tokens.count }
         guard n <= maximumTokens else { throw ModelError.tooManyTokens(count: n, maximum: maximumTokens) }
@@ -249,15 +258,11 @@ public final class TransformerModel {
             }
         }
         // Where each chunk's rows start in the buffers, and its first position.
-        var rowStarts: [Int] = [], positions: [Int] = []
-        var row = 0
-        for chunk in chunks {
-            rowStarts.append(row)
-            positions.append(try cache.length(of: chunk.sequence))
-            row += chunk.tokens.count
-        }
+        layout.plan(chunks: chunks.count, count: { chunks[$0].tokens.count }, allLogits: { chunks[$0].allLogits })
+        positions.removeAll(keepingCapacity: true)
+        for chunk in chunks { positions.append(try cache.length(of: chunk.sequence)) }
         for chunk in chunks { try cache.reserve(chunk.sequence, tokens: chunk.tokens.count) }
-        let groups = RowGroup.plan(chunks.map(\.tokens.count))
+        let rowStarts = layout.rowStarts, groups = layout.groups
 
         for (index, chunk) in chunks.enumerated() {
             for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(rowStarts[index] + i)) }
@@ -297,8 +302,7 @@ public final class TransformerModel {
         }
         for chunk in chunks { try cache.append(chunk.sequence, tokens: chunk.tokens) }
         try Kernels.rmsNorm(hidden, weight: finalNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-        return try chunkLogits(normed, groups: groups, rowStarts: rowStarts, counts: chunks.map(\.tokens.count),
-                               allLogits: chunks.map(\.allLogits), head: outputHead, scratch: outputScratch, context: context)
+        return try chunkLogits(normed, layout: layout, head: outputHead, scratch: outputScratch, context: context)
     }
 
     /// Logits for every position of `tokens` as a fresh sequence (evaluation and scoring),
