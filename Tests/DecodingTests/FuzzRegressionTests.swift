@@ -1,10 +1,12 @@
 import Foundation
 import Testing
 @testable import Decoding
+@testable import Models
 
-/// Inputs the chat-template and encode fuzzers crashed on (Tests/FuzzRegressions/<target>/,
-/// written by Scripts/fuzz.sh), through the same code as their fuzz targets.
-@Suite struct DecodingFuzzRegressionTests {
+/// Every input the fuzzers ever crashed on (Tests/FuzzRegressions/<target>/, written by
+/// Scripts/fuzz.sh) goes through the same code as its fuzz target: it must be rejected
+/// with an error or handled, never trap.
+@Suite struct FuzzRegressionTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("FuzzRegressions")
 
@@ -35,5 +37,41 @@ import Testing
             streamed += stream.finish()
             #expect(streamed == (try tokenizer.decode(ids)))
         }
+    }
+
+    @Test(arguments: inputs("safetensors"))
+    func safetensors(_ url: URL) throws {
+        let data = try Data(contentsOf: url)
+        let file = data.withUnsafeBytes { MappedFile(copying: $0, name: url.lastPathComponent) }
+        guard let checkpoint = try? SafetensorsFile(file: file) else { return }
+        for name in checkpoint.entries.keys { _ = try? checkpoint.tensor(name).floats() }
+    }
+
+    @Test(arguments: inputs("gguf"))
+    func gguf(_ url: URL) throws {
+        let data = try Data(contentsOf: url)
+        let file = data.withUnsafeBytes { MappedFile(copying: $0, name: url.lastPathComponent) }
+        guard let gguf = try? GGUFFile(file: file) else { return }
+        for name in gguf.tensorNames { _ = try? gguf.tensor(name).floats() }
+        if let tokenizer = try? Tokenizer(gguf: gguf) { _ = try? tokenizer.decode(tokenizer.encode("Hello, wörld! 🙂 12345")) }
+    }
+
+    @Test(arguments: inputs("tokenizer"))
+    func tokenizerJSON(_ url: URL) throws {
+        let data = try Data(contentsOf: url)
+        if let tokenizer = try? data.withUnsafeBytes({ try Tokenizer(tokenizerJSON: $0, name: url.lastPathComponent) }) {
+            _ = try? tokenizer.decode(tokenizer.encode("Hello, wörld! 🙂 12345 <|im_end|>"))
+        }
+    }
+
+    @Test(arguments: inputs("config"))
+    func configuration(_ url: URL) throws {
+        if case let .transformer(c)? = try? ModelConfiguration(json: Data(contentsOf: url), path: url.lastPathComponent) {
+            _ = try? c.rotaryEmbedding()
+        }
+    }
+
+    @Test func corpusIsPresent() {
+        #expect(FileManager.default.fileExists(atPath: Self.root.path))
     }
 }
