@@ -164,6 +164,8 @@ public struct GeneratorConfiguration: Sendable {
     public var draft: DraftSource?
     /// Called as the model loads (mapping, quantizing), from the loading thread.
     public var progress: (@Sendable (LoadProgress) -> Void)?
+    /// What `generate` and `respond` use when a call passes no parameters.
+    public var defaultParameters = GenerationParameters()
 
     public init() {}
 }
@@ -248,9 +250,11 @@ public final class Generator: Sendable {
         }
     }
 
-    /// Streams the continuation of `prompt`.
-    public func generate(_ prompt: Prompt, parameters: GenerationParameters = GenerationParameters()) -> AsyncThrowingStream<GenerationEvent, Error> {
-        AsyncThrowingStream { continuation in
+    /// Streams the continuation of `prompt` with `parameters` (nil: the configuration's
+    /// `defaultParameters`).
+    public func generate(_ prompt: Prompt, parameters: GenerationParameters? = nil) -> AsyncThrowingStream<GenerationEvent, Error> {
+        let parameters = parameters ?? configuration.defaultParameters
+        return AsyncThrowingStream { continuation in
             let tokens: [Int]
             do {
                 try parameters.validate()
@@ -281,7 +285,7 @@ public final class Generator: Sendable {
     }
 
     /// The whole continuation as text, and why it ended.
-    public func respond(_ prompt: Prompt, parameters: GenerationParameters = GenerationParameters()) async throws -> (text: String, reason: StopReason) {
+    public func respond(_ prompt: Prompt, parameters: GenerationParameters? = nil) async throws -> (text: String, reason: StopReason) {
         var text = ""
         for try await event in generate(prompt, parameters: parameters) {
             switch event {

@@ -10,6 +10,7 @@
 #if defined(__has_feature)
 #if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
 #define QUILL_SANITIZED 1
+#define QUILL_SANITIZER_BUILD 1
 #endif
 #endif
 #if !defined(__linux__) || !defined(__GLIBC__)
@@ -46,6 +47,14 @@ bool quill_allocation_counting_available(void) {
     return false;
 #else
     return true;
+#endif
+}
+
+bool quill_sanitizer_build(void) {
+#ifdef QUILL_SANITIZER_BUILD
+    return true;
+#else
+    return false;
 #endif
 }
 

@@ -114,6 +114,26 @@ func collect(_ stream: AsyncThrowingStream<GenerationEvent, Error>) async throws
         let other = try await collect(generator.generate(.tokens(prompt), parameters: parameters))
         #expect(other.text != first.text)
     }
+
+    /// A call without parameters uses the configuration's defaults.
+    @Test func defaultParametersComeFromTheConfiguration() async throws {
+        var parameters = GenerationParameters()
+        parameters.temperature = 0.9
+        parameters.seed = 77
+        parameters.maxTokens = 7
+        parameters.ignoreEndOfSequence = true
+        var configuration = GeneratorConfiguration()
+        configuration.threads = 2
+        configuration.kvElementType = .f32
+        configuration.kvMemoryBudget = 1 << 22
+        configuration.defaultParameters = parameters
+        let generator = try Generator(modelPath: fixtureModels.appendingPathComponent("llama-gqa").path, configuration: configuration)
+        let implicit = try await collect(generator.generate(.tokens([3, 4, 5])))
+        let explicit = try await collect(Self.generator().generate(.tokens([3, 4, 5]), parameters: parameters))
+        #expect(implicit.tokens.count == 7 && implicit.tokens == explicit.tokens)
+        let (text, reason) = try await generator.respond(.tokens([3, 4, 5]))
+        #expect(reason == .maxTokens && text == implicit.text)
+    }
 }
 
 @Suite struct GeneratorCancellationTests {

@@ -6,5 +6,8 @@
 
 /// True when this build counts (sanitizer builds keep their own allocator and do not).
 bool quill_allocation_counting_available(void);
+/// True in a ThreadSanitizer or AddressSanitizer build, whose shadow memory inflates the
+/// resident size.
+bool quill_sanitizer_build(void);
 /// Allocations in this process so far, on every thread.
 int64_t quill_allocation_count(void);
