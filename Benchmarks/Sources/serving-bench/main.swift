@@ -5,7 +5,7 @@
 //       [--streams 1,2,4,8,16] [--decode 32] [--history 1000] [--only overhead|batch|prefix|speculative]
 //       [--work /tmp/quill-model-bench] [--json results/serving.json]
 //
-// overhead:    Generator greedy decode tokens/s ÷ a bare loop of TransformerModel.forward and
+// overhead:    Generator greedy decode tokens/s ÷ a bare loop of TransformerModel.step and
 //              argmax on the same model (what the scheduler, sampler chain, detokenizer and
 //              async stream cost per token), alternating five rounds.
 // batch:       aggregate decode tokens/s of N concurrent greedy streams on one Generator,
@@ -83,11 +83,12 @@ if only.isEmpty || only == "overhead" {
         func bare() throws -> Double {
             let sequence = cache.makeSequence()
             defer { try? cache.release(sequence) }
-            var logits = try model.forward(prompt, sequence: sequence, cache: cache)
+            // The model's own step, its logits read in place: the fastest loop there is.
+            var logits = try model.step([SequenceChunk(sequence: sequence, tokens: prompt, allLogits: false)], cache: cache)
             let start = seconds()
             for _ in 0..<(decodeLength - 1) {
-                let next = logits.withUnsafeBufferPointer { Kernels.argmax($0)! }
-                logits = try model.forward([next], sequence: sequence, cache: cache)
+                let next = Kernels.argmax(logits[0])!
+                logits = try model.step([SequenceChunk(sequence: sequence, tokens: [next], allLogits: false)], cache: cache)
             }
             return Double(decodeLength - 1) / (seconds() - start)
         }
