@@ -180,18 +180,30 @@ QUANTIZED_GEMV(quill_gemv_q8_0_avx2, dot_q8, QUILL_Q8_0_BLOCK_BYTES, Q8_0_PREFET
 // the activation pair is laid out to match, so two maddubs, one add and one madd leave
 // block a's sum in lanes 0-3 and b's in lanes 4-7. The unsigned nibbles' +8 offset is
 // removed by the pair's precomputed -8·sum(q). Half the float work of one block at a time.
-static inline QUILL_AVX2 __m256 q4_pair(const uint8_t *a, const quill_activation_pair *x, __m256 acc) {
+// The unpacked nibbles and scales of a block pair, shared by every activation row.
+typedef struct { __m256i low, high; __m256 scales; } q4_unpacked;
+
+static inline QUILL_AVX2 q4_unpacked q4_unpack(const uint8_t *a) {
     const __m256i raw = _mm256_loadu2_m128i((const __m128i *)(a + QUILL_Q4_0_BLOCK_BYTES + 2), (const __m128i *)(a + 2));
     const __m256i mask = _mm256_set1_epi8(0x0F);
-    const __m256i low = _mm256_and_si256(raw, mask);
-    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-    const __m256i products = _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)x->low)),
-                                              _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)x->high)));
+    q4_unpacked u;
+    u.low = _mm256_and_si256(raw, mask);
+    u.high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+    u.scales = _mm256_blend_ps(_mm256_broadcast_ss(&quill_f16_table[quill_read_u16(a)]),
+                               _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(a + QUILL_Q4_0_BLOCK_BYTES)]), 0xF0);
+    return u;
+}
+
+static inline QUILL_AVX2 __m256 q4_pair_dot(q4_unpacked u, const quill_activation_pair *x, __m256 acc) {
+    const __m256i products = _mm256_add_epi16(_mm256_maddubs_epi16(u.low, _mm256_loadu_si256((const __m256i *)x->low)),
+                                              _mm256_maddubs_epi16(u.high, _mm256_loadu_si256((const __m256i *)x->high)));
     const __m256i sums = _mm256_add_epi32(_mm256_madd_epi16(products, _mm256_set1_epi16(1)),
                                           _mm256_loadu_si256((const __m256i *)x->offset));
-    const __m256 dw = _mm256_blend_ps(_mm256_broadcast_ss(&quill_f16_table[quill_read_u16(a)]),
-                                      _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(a + QUILL_Q4_0_BLOCK_BYTES)]), 0xF0);
-    return _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(x->d)), dw, acc);
+    return _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_loadu_ps(x->d)), u.scales, acc);
+}
+
+static inline QUILL_AVX2 __m256 q4_pair(const uint8_t *a, const quill_activation_pair *x, __m256 acc) {
+    return q4_pair_dot(q4_unpack(a), x, acc);
 }
 
 // The last block of an odd count, against the first half of its pair.
@@ -221,6 +233,52 @@ void QUILL_AVX2 quill_gemv_q4_0_avx2(const void *w, int64_t rs, const quill_acti
         if (b + 2 <= nb) { a0 = q4_pair(p + b * QUILL_Q4_0_BLOCK_BYTES, x + b / 2, a0); b += 2; }
         if (b < nb) a1 = q4_single(p + b * QUILL_Q4_0_BLOCK_BYTES, x + b / 2, a1);
         y[r] = hsum256(_mm256_add_ps(a0, a1));
+    }
+}
+
+// Up to four activation rows against the same weight rows: each block pair is unpacked
+// once for all of them. Row i's accumulators see exactly the operations, in the same
+// order, as in quill_gemv_q4_0_avx2, so every result is bit-identical to the single-row
+// kernel's (batched decode must equal solo decode).
+static inline __attribute__((always_inline)) QUILL_AVX2 void q4_rows(const uint8_t *p, const quill_activation_pair *x,
+                                                                     int64_t pairs, int64_t nb, float *y, int64_t ys,
+                                                                     const int rows) {
+    __m256 a0[4], a1[4];
+    for (int i = 0; i < rows; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        PREFETCH(p + b * QUILL_Q4_0_BLOCK_BYTES + Q4_0_PREFETCH_BYTES);
+        const q4_unpacked u0 = q4_unpack(p + b * QUILL_Q4_0_BLOCK_BYTES);
+        const q4_unpacked u1 = q4_unpack(p + (b + 2) * QUILL_Q4_0_BLOCK_BYTES);
+        for (int i = 0; i < rows; i++) {
+            a0[i] = q4_pair_dot(u0, x + i * pairs + b / 2, a0[i]);
+            a1[i] = q4_pair_dot(u1, x + i * pairs + b / 2 + 1, a1[i]);
+        }
+    }
+    if (b + 2 <= nb) {
+        const q4_unpacked u0 = q4_unpack(p + b * QUILL_Q4_0_BLOCK_BYTES);
+        for (int i = 0; i < rows; i++) a0[i] = q4_pair_dot(u0, x + i * pairs + b / 2, a0[i]);
+        b += 2;
+    }
+    if (b < nb) {
+        for (int i = 0; i < rows; i++) a1[i] = q4_single(p + b * QUILL_Q4_0_BLOCK_BYTES, x + i * pairs + b / 2, a1[i]);
+    }
+    for (int i = 0; i < rows; i++) y[i * ys] = hsum256(_mm256_add_ps(a0[i], a1[i]));
+}
+
+void QUILL_AVX2 quill_gemv_q4_0_rows_avx2(const void *w, int64_t rs, const quill_activation_pair *x, int64_t k,
+                                          float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
+    const int64_t nb = k / QUILL_QK, pairs = (nb + 1) / 2;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *p = (const uint8_t *)w + r * rs;
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) q4_rows(p, x + i * pairs, pairs, nb, y + i * ys + r, ys, 4);
+        switch (m - i) {
+        case 3: q4_rows(p, x + i * pairs, pairs, nb, y + i * ys + r, ys, 3); break;
+        case 2: q4_rows(p, x + i * pairs, pairs, nb, y + i * ys + r, ys, 2); break;
+        case 1: q4_rows(p, x + i * pairs, pairs, nb, y + i * ys + r, ys, 1); break;
+        default: break;
+        }
     }
 }
 

@@ -284,6 +284,12 @@ void quill_gemv_q4_0_scalar(const void *w, int64_t rs, const quill_activation_pa
     }
 }
 
+void quill_gemv_q4_0_rows_scalar(const void *w, int64_t rs, const quill_activation_pair *x, int64_t k,
+                                 float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
+    const int64_t pairs = (k / QUILL_QK + 1) / 2;
+    for (int64_t i = 0; i < m; i++) quill_gemv_q4_0_scalar(w, rs, x + i * pairs, k, y + i * ys, r0, r1);
+}
+
 // MARK: - Elementwise
 
 void quill_rmsnorm_scalar(const float *x, const float *w, float *y, int64_t n, float eps) {

@@ -71,6 +71,29 @@ import Testing
         }
     }
 
+    /// Several rows through the row-wise path give each row exactly what it gets alone (the
+    /// scheduler's batch invariance), including Q4_0's fused multi-row kernel with its
+    /// groups of four and odd block counts.
+    @Test(arguments: [KernelLevel.scalar, .avx2], ElementType.allCases)
+    func rowwiseRowsEqualSingleRows(level: KernelLevel, type: ElementType) throws {
+        let context = try ComputeContext(threads: 1)  // the kernel level is per thread
+        try KernelLevel.withThreadLevel(level) {
+            for (index, k) in [32, 96, 160, 256].enumerated() {
+                let n = 37, m = 9
+                let w = try weight(type, n: n, k: k, seed: UInt64(200 + index))
+                let input = try FloatBuffer(rows: m, columns: k, values: randomFloats(m * k, seed: UInt64(300 + index), scale: 2))
+                let together = try FloatBuffer(rows: m, columns: n), alone = try FloatBuffer(rows: m, columns: n)
+                try Kernels.matmul(weight: w, input: input, rows: 0..<m, output: together, path: .rowwise, context: context)
+                for i in 0..<m {
+                    try Kernels.matmul(weight: w, input: input, rows: i..<i + 1, output: alone, path: .rowwise, context: context)
+                }
+                for i in 0..<m {
+                    #expect(together.values(ofRow: i) == alone.values(ofRow: i), "\(type) k=\(k) row \(i)")
+                }
+            }
+        }
+    }
+
     @Test func quantizedActivationErrorStaysSmallAgainstFloatInput() throws {
         // The int8 activation costs accuracy; bound it against the unquantized dot product.
         let context = try ComputeContext(threads: 1)

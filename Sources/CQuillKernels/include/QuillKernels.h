@@ -85,6 +85,11 @@ void quill_gemv_q8_0(const void *w, int64_t row_stride, const quill_activation_b
                      float *y, int64_t row_begin, int64_t row_end);
 void quill_gemv_q4_0(const void *w, int64_t row_stride, const quill_activation_pair *x, int64_t k,
                      float *y, int64_t row_begin, int64_t row_end);
+/// m activation rows at once (x: m rows of (k/32 + 1)/2 pairs; y: row i at y + i·y_stride),
+/// each weight block unpacked once for up to four rows. Every result is bit-identical to
+/// quill_gemv_q4_0 on that activation row alone.
+void quill_gemv_q4_0_rows(const void *w, int64_t row_stride, const quill_activation_pair *x, int64_t k,
+                          float *y, int64_t y_stride, int64_t row_begin, int64_t row_end, int64_t m);
 
 /// ggml's K-quants, dequantized (n % 256 == 0): Q4_K (144-byte blocks of 256: fp16 d and
 /// dmin, 12 bytes of packed 6-bit scales and mins, 128 bytes of nibbles) and Q6_K (210-byte
