@@ -136,44 +136,70 @@ FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
 #define Q8_0_PREFETCH_BYTES 1024
 #define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 
-// acc += float(dot32) * dx * (the block's fp16 scale)
-static inline QUILL_AVX2 __m256 scale_add(__m256i dot32, const quill_activation_block *x, const uint8_t *block, __m256 acc) {
-    const __m256 dw = _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(block)]);
-    return _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot32), _mm256_loadu_ps(x->d)), dw, acc);
-}
+// A Q8_0 weight block read once for every activation row: maddubs needs one unsigned
+// operand, so the rows take w's sign and w is used as |w|; and its fp16 scale.
+typedef struct { __m256i magnitude, signs; __m256 scale; } q8_unpacked;
 
-// The 32 int8 products of a signed weight block and a signed activation block, summed in
-// 8 int32 lanes: maddubs needs one unsigned operand, so move w's sign onto x.
-static inline QUILL_AVX2 __m256i dot_q8(const uint8_t *block, const quill_activation_block *x) {
+static inline QUILL_AVX2 q8_unpacked q8_unpack(const uint8_t *block) {
     const __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2));
-    const __m256i xv = _mm256_loadu_si256((const __m256i *)x->q);
-    const __m256i products = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-    return _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+    q8_unpacked u;
+    u.magnitude = _mm256_sign_epi8(w, w);
+    u.signs = w;
+    u.scale = _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(block)]);
+    return u;
 }
 
-#define QUANTIZED_GEMV(NAME, DOT, BLOCK_BYTES, PREFETCH_BYTES)                                      \
-    void QUILL_AVX2 NAME(const void *w, int64_t rs, const quill_activation_block *x, int64_t k,     \
-                         float *y, int64_t r0, int64_t r1) {                                        \
-        const int64_t nb = k / QUILL_QK;                                                            \
-        for (int64_t r = r0; r < r1; r++) {                                                         \
-            const uint8_t *p = (const uint8_t *)w + r * rs;                                         \
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                               \
-            int64_t b = 0;                                                                          \
-            for (; b + 2 <= nb; b += 2) {                                                           \
-                const uint8_t *blk = p + b * BLOCK_BYTES;                                           \
-                PREFETCH(blk + PREFETCH_BYTES);                                                     \
-                a0 = scale_add(DOT(blk, x + b), x + b, blk, a0);                                    \
-                a1 = scale_add(DOT(blk + BLOCK_BYTES, x + b + 1), x + b + 1, blk + BLOCK_BYTES, a1); \
-            }                                                                                       \
-            for (; b < nb; b++) {                                                                   \
-                const uint8_t *blk = p + b * BLOCK_BYTES;                                           \
-                a0 = scale_add(DOT(blk, x + b), x + b, blk, a0);                                    \
-            }                                                                                       \
-            y[r] = hsum256(_mm256_add_ps(a0, a1));                                                  \
-        }                                                                                           \
-    }
+// acc += float(the 32 int8 products summed in 8 int32 lanes) * dx * dw
+static inline QUILL_AVX2 __m256 q8_block_dot(q8_unpacked u, const quill_activation_block *x, __m256 acc) {
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)x->q);
+    const __m256i dot32 = _mm256_madd_epi16(_mm256_maddubs_epi16(u.magnitude, _mm256_sign_epi8(xv, u.signs)), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot32), _mm256_loadu_ps(x->d)), u.scale, acc);
+}
 
-QUANTIZED_GEMV(quill_gemv_q8_0_avx2, dot_q8, QUILL_Q8_0_BLOCK_BYTES, Q8_0_PREFETCH_BYTES)
+// Up to four activation rows against one weight row (one row: the plain GEMV). Row i's
+// accumulators see the same operations in the same order whatever `rows` is, so a row's
+// result does not depend on the rows beside it.
+static inline __attribute__((always_inline)) QUILL_AVX2 void q8_rows(const uint8_t *p, const quill_activation_block *x,
+                                                                     int64_t nb, float *y, int64_t ys, const int rows) {
+    __m256 a0[4], a1[4];
+    for (int i = 0; i < rows; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *blk = p + b * QUILL_Q8_0_BLOCK_BYTES;
+        PREFETCH(blk + Q8_0_PREFETCH_BYTES);
+        const q8_unpacked u0 = q8_unpack(blk), u1 = q8_unpack(blk + QUILL_Q8_0_BLOCK_BYTES);
+        for (int i = 0; i < rows; i++) {
+            a0[i] = q8_block_dot(u0, x + i * nb + b, a0[i]);
+            a1[i] = q8_block_dot(u1, x + i * nb + b + 1, a1[i]);
+        }
+    }
+    for (; b < nb; b++) {
+        const q8_unpacked u0 = q8_unpack(p + b * QUILL_Q8_0_BLOCK_BYTES);
+        for (int i = 0; i < rows; i++) a0[i] = q8_block_dot(u0, x + i * nb + b, a0[i]);
+    }
+    for (int i = 0; i < rows; i++) y[i * ys] = hsum256(_mm256_add_ps(a0[i], a1[i]));
+}
+
+void QUILL_AVX2 quill_gemv_q8_0_avx2(const void *w, int64_t rs, const quill_activation_block *x, int64_t k,
+                                     float *y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) q8_rows((const uint8_t *)w + r * rs, x, k / QUILL_QK, y + r, 0, 1);
+}
+
+void QUILL_AVX2 quill_gemv_q8_0_rows_avx2(const void *w, int64_t rs, const quill_activation_block *x, int64_t k,
+                                          float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
+    const int64_t nb = k / QUILL_QK;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *p = (const uint8_t *)w + r * rs;
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) q8_rows(p, x + i * nb, nb, y + i * ys + r, ys, 4);
+        switch (m - i) {
+        case 3: q8_rows(p, x + i * nb, nb, y + i * ys + r, ys, 3); break;
+        case 2: q8_rows(p, x + i * nb, nb, y + i * ys + r, ys, 2); break;
+        case 1: q8_rows(p, x + i * nb, nb, y + i * ys + r, ys, 1); break;
+        default: break;
+        }
+    }
+}
 
 // Q4_0, two blocks at a time: block a's 16 bytes in the low lane and b's in the high lane
 // give both blocks' low nibbles with one AND and both high nibbles with one shift and AND;

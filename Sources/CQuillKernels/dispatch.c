@@ -82,6 +82,10 @@ void quill_gemv_q4_0(const void *w, int64_t rs, const quill_activation_pair *x, 
                      int64_t r0, int64_t r1) {
     DISPATCH(quill_gemv_q4_0, w, rs, x, k, y, r0, r1);
 }
+void quill_gemv_q8_0_rows(const void *w, int64_t rs, const quill_activation_block *x, int64_t k, float *y, int64_t ys,
+                          int64_t r0, int64_t r1, int64_t m) {
+    DISPATCH(quill_gemv_q8_0_rows, w, rs, x, k, y, ys, r0, r1, m);
+}
 void quill_gemv_q4_0_rows(const void *w, int64_t rs, const quill_activation_pair *x, int64_t k, float *y, int64_t ys,
                           int64_t r0, int64_t r1, int64_t m) {
     DISPATCH(quill_gemv_q4_0_rows, w, rs, x, k, y, ys, r0, r1, m);

@@ -32,6 +32,7 @@ void quill_gemv_f16_scalar(const void *, int64_t, const float *, int64_t, float 
 void quill_gemv_bf16_scalar(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_q8_0_scalar(const void *, int64_t, const quill_activation_block *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_q4_0_scalar(const void *, int64_t, const quill_activation_pair *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_q8_0_rows_scalar(const void *, int64_t, const quill_activation_block *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
 void quill_gemv_q4_0_rows_scalar(const void *, int64_t, const quill_activation_pair *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
 void quill_dequantize_q8_0_scalar(const void *, float *, int64_t);
 void quill_dequantize_q4_0_scalar(const void *, float *, int64_t);
@@ -50,6 +51,7 @@ void quill_gemv_f16_avx2(const void *, int64_t, const float *, int64_t, float *,
 void quill_gemv_bf16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_q8_0_avx2(const void *, int64_t, const quill_activation_block *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_q4_0_avx2(const void *, int64_t, const quill_activation_pair *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_q8_0_rows_avx2(const void *, int64_t, const quill_activation_block *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
 void quill_gemv_q4_0_rows_avx2(const void *, int64_t, const quill_activation_pair *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
 void quill_dequantize_q8_0_avx2(const void *, float *, int64_t);
 void quill_dequantize_q4_0_avx2(const void *, float *, int64_t);

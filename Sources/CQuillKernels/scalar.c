@@ -284,6 +284,11 @@ void quill_gemv_q4_0_scalar(const void *w, int64_t rs, const quill_activation_pa
     }
 }
 
+void quill_gemv_q8_0_rows_scalar(const void *w, int64_t rs, const quill_activation_block *x, int64_t k,
+                                 float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
+    for (int64_t i = 0; i < m; i++) quill_gemv_q8_0_scalar(w, rs, x + i * (k / QUILL_QK), k, y + i * ys, r0, r1);
+}
+
 void quill_gemv_q4_0_rows_scalar(const void *w, int64_t rs, const quill_activation_pair *x, int64_t k,
                                  float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
     const int64_t pairs = (k / QUILL_QK + 1) / 2;

@@ -98,8 +98,14 @@ public enum Kernels {
             let job = job!.assumingMemoryBound(to: GemvJob.self).pointee
             let m = job.rows, k = job.k, n = job.n
             let begin = Int(task) * job.chunk, end = min(n, begin + job.chunk)
-            if job.type == .q4_0 && m > 1 {  // each weight block unpacked once for all rows
+            // Quantized weights and several rows: each weight block unpacked once for all rows.
+            if job.type == .q4_0 && m > 1 {
                 quill_gemv_q4_0_rows(job.weights, job.stride, job.pairActivations!, Int64(k), job.output, Int64(n),
+                                     Int64(begin), Int64(end), Int64(m))
+                return
+            }
+            if job.type == .q8_0 && m > 1 {
+                quill_gemv_q8_0_rows(job.weights, job.stride, job.blockActivations!, Int64(k), job.output, Int64(n),
                                      Int64(begin), Int64(end), Int64(m))
                 return
             }

@@ -85,6 +85,10 @@ void quill_gemv_q8_0(const void *w, int64_t row_stride, const quill_activation_b
                      float *y, int64_t row_begin, int64_t row_end);
 void quill_gemv_q4_0(const void *w, int64_t row_stride, const quill_activation_pair *x, int64_t k,
                      float *y, int64_t row_begin, int64_t row_end);
+/// m activation rows at once (x: m rows of k/32 blocks; y: row i at y + i·y_stride), each
+/// weight block read once for up to four rows; bit-identical to quill_gemv_q8_0 per row.
+void quill_gemv_q8_0_rows(const void *w, int64_t row_stride, const quill_activation_block *x, int64_t k,
+                          float *y, int64_t y_stride, int64_t row_begin, int64_t row_end, int64_t m);
 /// m activation rows at once (x: m rows of (k/32 + 1)/2 pairs; y: row i at y + i·y_stride),
 /// each weight block unpacked once for up to four rows. Every result is bit-identical to
 /// quill_gemv_q4_0 on that activation row alone.
