@@ -5,8 +5,10 @@ import Testing
 /// Continuous batching and speculative decoding, on the random-weight fixture models (all
 /// share one byte-level vocabulary, so any of them can draft for another).
 @Suite struct SchedulerTests {
-    static func generator(_ name: String, budget: Int = 1 << 22, draft: DraftSource? = nil) throws -> Generator {
+    static func generator(_ name: String, budget: Int = 1 << 22, draft: DraftSource? = nil,
+                          quantization: ElementType? = nil) throws -> Generator {
         var configuration = GeneratorConfiguration()
+        configuration.quantization = quantization
         configuration.threads = 2
         configuration.kvMemoryBudget = budget
         configuration.kvElementType = .f32
@@ -47,15 +49,18 @@ import Testing
 
     /// Eight concurrent streams, greedy and sampled, give exactly the tokens of eight solo
     /// runs with the same seeds, in fewer forward passes (they shared steps).
-    @Test(arguments: ["llama-gqa", "mixtral-moe", "mamba"])
-    func concurrentStreamsEqualSoloRuns(name: String) async throws {
+    /// Quantized at load too: several rows then go through the fused multi-row Q4_0/Q8_0
+    /// kernels, which must give each row exactly its single-row result.
+    @Test(arguments: [("llama-gqa", nil), ("mixtral-moe", nil), ("mamba", nil), ("llama-gqa", .q4_0), ("mixtral-moe", .q8_0),
+                      ("mamba", .q4_0)] as [(String, ElementType?)])
+    func concurrentStreamsEqualSoloRuns(name: String, quantization: ElementType?) async throws {
         let parameters = (0..<8).map { Self.parameters(seed: UInt64(100 + $0), sampled: $0 % 2 == 1) }
-        let solo = try Self.generator(name)
+        let solo = try Self.generator(name, quantization: quantization)
         var expected: [[Int]] = []
         for (prompt, p) in zip(Self.prompts, parameters) {
             expected.append(try await collect(solo.generate(.tokens(prompt), parameters: p)).tokens)
         }
-        let batched = try Self.generator(name)
+        let batched = try Self.generator(name, quantization: quantization)
         let results = try await Self.concurrently(batched, Self.prompts, parameters)
         #expect(results.map(\.tokens) == expected)
         #expect(results.allSatisfy { $0.reason == .maxTokens })
