@@ -7,7 +7,7 @@
 //
 // overhead:    Generator greedy decode tokens/s ÷ a bare loop of TransformerModel.step and
 //              argmax on the same model (what the scheduler, sampler chain, detokenizer and
-//              async stream cost per token), alternating five rounds.
+//              async stream cost per token), alternating eleven rounds.
 // batch:       aggregate decode tokens/s of N concurrent greedy streams on one Generator,
 //              ÷ one stream (random-weight Llama 110M and 1.1B, quantized at load).
 // prefix:      time to first token of a second chat turn after --history tokens, with the
@@ -80,32 +80,42 @@ if only.isEmpty || only == "overhead" {
         let model = try TransformerModel(files: files, context: try ComputeContext(threads: threads), maximumTokens: 8)
         let cache = try model.makeCache(memoryBudget: 256 << 20)
         let prompt = (0..<8).map { _ in Int.random(in: 3..<shape.vocabulary, using: &random) }
-        func bare() throws -> Double {
+        /// (decode tokens/s, seconds to the first token) of the bare loop.
+        func bare() throws -> (Double, Double) {
             let sequence = cache.makeSequence()
             defer { try? cache.release(sequence) }
             // The model's own step, its logits read in place: the fastest loop there is.
+            let submitted = seconds()
             var logits = try model.step([SequenceChunk(sequence: sequence, tokens: prompt, allLogits: false)], cache: cache)
+            _ = Kernels.argmax(logits[0])
             let start = seconds()
             for _ in 0..<(decodeLength - 1) {
                 let next = Kernels.argmax(logits[0])!
                 logits = try model.step([SequenceChunk(sequence: sequence, tokens: [next], allLogits: false)], cache: cache)
             }
-            return Double(decodeLength - 1) / (seconds() - start)
+            return (Double(decodeLength - 1) / (seconds() - start), start - submitted)
         }
         _ = try bare()
         _ = try await run(g, prompts: [prompt], parameters: greedy)
         var ratios: [Double] = [], bareRates: [Double] = [], generatorRates: [Double] = []
-        for _ in 0..<5 {
-            let b = try bare()
-            let r = try await run(g, prompts: [prompt], parameters: greedy).statistics[0].decodeTokensPerSecond
+        var bareFirst: [Double] = [], generatorFirst: [Double] = []
+        for _ in 0..<11 {  // this machine's round-to-round noise is ±5–10%: many short rounds
+            let (b, bFirst) = try bare()
+            let statistics = try await run(g, prompts: [prompt], parameters: greedy).statistics[0]
             bareRates.append(b)
-            generatorRates.append(r)
-            ratios.append(r / b)
+            generatorRates.append(statistics.decodeTokensPerSecond)
+            ratios.append(statistics.decodeTokensPerSecond / b)
+            bareFirst.append(bFirst)
+            generatorFirst.append(statistics.timeToFirstToken)
         }
         let ratio = median(ratios)
-        print(String(format: "%@ %@: Generator %.1f tok/s, bare forward loop %.1f tok/s: ratio %.3f (overhead %.1f%%)", shape.name,
-                     type?.description ?? "F16", median(generatorRates), median(bareRates), ratio, (1 - ratio) * 100))
-        rows.append(["model": shape.name, "generator": median(generatorRates), "bare": median(bareRates), "ratio": ratio])
+        print(String(format: "%@: time to first token (8-token prompt), Generator %.2f ms, bare step %.2f ms", shape.name,
+                     median(generatorFirst) * 1000, median(bareFirst) * 1000))
+        print(String(format: "%@ %@: Generator %.1f tok/s, bare step loop %.1f tok/s (medians, ratio %.3f); median of per-round ratios %.3f (overhead %.1f%%)",
+                     shape.name, type?.description ?? "F16", median(generatorRates), median(bareRates),
+                     median(generatorRates) / median(bareRates), ratio, (1 - ratio) * 100))
+        rows.append(["model": shape.name, "generator": median(generatorRates), "bare": median(bareRates), "ratio": ratio,
+                     "generator_first_token_ms": median(generatorFirst) * 1000, "bare_first_token_ms": median(bareFirst) * 1000])
     }
     report["overhead"] = rows
 }
