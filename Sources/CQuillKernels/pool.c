@@ -40,25 +40,30 @@ struct quill_pool {
 // The pool whose job this thread is running, so a nested run on it executes inline
 // instead of deadlocking on run_lock.
 static _Thread_local const struct quill_pool *running_pool = NULL;
-// 0 on every thread but a pool's workers, which are numbered from 1.
+// This thread's index in the job it is running (the caller 0, workers from 1); 0 outside
+// any job. Set per job, so a worker of one pool that calls another pool's job inline or as
+// its caller gets an index valid in that pool.
 static _Thread_local int thread_index = 0;
 
 int quill_pool_thread_index(void) { return thread_index; }
 
-static void run_tasks(struct quill_pool *pool) {
+static void run_tasks(struct quill_pool *pool, int index) {
     const struct quill_pool *outer = running_pool;
+    const int outer_index = thread_index;
     running_pool = pool;
+    thread_index = index;
     for (;;) {
         const int64_t task = atomic_fetch_add(&pool->next_task, 1);
         if (task >= pool->n_tasks) break;
         pool->fn(pool->context, task);
     }
     running_pool = outer;
+    thread_index = outer_index;
 }
 
 static void *worker_main(void *arg) {
     struct quill_pool *pool = arg;
-    thread_index = atomic_fetch_add(&pool->started_workers, 1) + 1;
+    const int index = atomic_fetch_add(&pool->started_workers, 1) + 1;
     unsigned long seen = 0;
     for (;;) {
         unsigned long now = atomic_load(&pool->generation);
@@ -74,7 +79,7 @@ static void *worker_main(void *arg) {
         }
         if (atomic_load(&pool->stopping)) return NULL;
         seen = now;
-        run_tasks(pool);
+        run_tasks(pool, index);
         atomic_fetch_sub(&pool->busy_workers, 1);
     }
 }
@@ -127,7 +132,10 @@ void quill_pool_run(quill_pool *pool, quill_task_fn fn, void *context, int64_t n
         return;
     }
     if (pool->n_threads == 1 || n_tasks == 1) {  // touches no shared state: no lock
+        const int outer_index = thread_index;
+        thread_index = 0;
         for (int64_t i = 0; i < n_tasks; i++) fn(context, i);
+        thread_index = outer_index;
         return;
     }
     pthread_mutex_lock(&pool->run_lock);
@@ -140,7 +148,7 @@ void quill_pool_run(quill_pool *pool, quill_task_fn fn, void *context, int64_t n
     atomic_fetch_add(&pool->generation, 1);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->wake_lock);
-    run_tasks(pool);
+    run_tasks(pool, 0);
     // Every worker must leave the job before the caller's context goes out of scope.
     for (int spin = 0; atomic_load(&pool->busy_workers) > 0; spin++) {
         if (spin < CALLER_SPINS_BEFORE_YIELDING) CPU_RELAX(); else sched_yield();

@@ -105,8 +105,7 @@ final class ModelRunner {
         return (cache.availableBlockCount, cache.blockCount, cache.configuration.blockSize)
     }
 
-    /// One batched forward step.
-    /// One step over `items`; the logits stay in the model's buffer until the next step.
+    /// One batched step over `items`; the logits stay in the model's buffer until the next step.
     func forward(_ items: [Item]) throws -> StepLogits {
         switch model {
         case let .transformer(m, cache):

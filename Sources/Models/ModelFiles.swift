@@ -185,8 +185,6 @@ final class StepLayout {
     private(set) var logitRows: [Int] = []
     /// Rows multiplied together.
     private(set) var groups: [RowGroup] = []
-    /// Rows of the step.
-    private(set) var rows = 0
 
     /// Lays out chunks of `count(i)` tokens, of which `allLogits(i)` want every row's logits.
     func plan(chunks: Int, count: (Int) -> Int, allLogits: (Int) -> Bool) {
@@ -194,8 +192,7 @@ final class StepLayout {
         counts.removeAll(keepingCapacity: true)
         logitRows.removeAll(keepingCapacity: true)
         groups.removeAll(keepingCapacity: true)
-        rows = 0
-        var logits = 0
+        var rows = 0, logits = 0
         for index in 0..<chunks {
             let n = count(index)
             rowStarts.append(rows)
@@ -242,7 +239,7 @@ final class OutputScratch {
 
     func reserve(rows: Int, hidden: Int, vocabulary: Int) throws -> (selected: FloatBuffer, logits: FloatBuffer) {
         if let selected, let logits, selected.rows >= rows { return (selected, logits) }
-        let capacity = max(rows, (selected?.rows ?? 0) * 2)
+        let capacity = max(rows, (selected?.rows ?? 0) * 2, 1)
         let pair = (try FloatBuffer(rows: capacity, columns: hidden), try FloatBuffer(rows: capacity, columns: vocabulary))
         (selected, logits) = pair
         return pair
@@ -259,12 +256,10 @@ func chunkLogits(_ normed: FloatBuffer, layout: StepLayout, head: Tensor, scratc
         // Gather the rows the group's chunks want (a batch's last rows are not contiguous),
         // at their places in the logits, and multiply them together.
         for index in group.chunks {
-            let last = layout.rowStarts[index] + layout.counts[index] - 1
-            var next = layout.logitRows[index]
-            for source in (layout.logitRows[index + 1] - next > 1 ? layout.rowStarts[index] : last)...last {
-                selected.row(next).update(from: normed.row(source), count: normed.columns)
-                next += 1
-            }
+            // A chunk wants its last `wanted` rows: all of them, or only the last.
+            let first = layout.logitRows[index], wanted = layout.logitRows[index + 1] - first
+            let end = layout.rowStarts[index] + layout.counts[index]
+            for i in 0..<wanted { selected.row(first + i).update(from: normed.row(end - wanted + i), count: normed.columns) }
         }
         let rows = layout.logitRows[group.chunks.lowerBound]..<layout.logitRows[group.chunks.upperBound]
         try Kernels.matmul(weight: head, input: selected, rows: rows, output: logits, path: group.path, context: context)

@@ -30,9 +30,10 @@ public final class ThreadPool: @unchecked Sendable {
     /// A C function pointer, so it cannot capture (and allocate) anything.
     public typealias Task = @convention(c) (_ job: UnsafeMutableRawPointer?, _ index: Int64) -> Void
 
-    /// The calling thread's index in the job it runs: 0 for the thread that called
-    /// `parallelFor` (and for any thread outside a job), 1..<threadCount for the workers.
-    /// Tasks use it to pick per-thread scratch memory.
+    /// The calling thread's index in the `parallelFor(_:job:_:)` job it runs: 0 for the
+    /// thread that called it (and for any thread outside a job), 1..<threadCount for the
+    /// pool's workers; always below the running pool's `threadCount`. Tasks use it to pick
+    /// per-thread scratch memory.
     public static var currentThreadIndex: Int { Int(quill_pool_thread_index()) }
 
     /// Calls `task(&job, i)` for every i in 0..<count, spread over the pool, and returns when
@@ -42,13 +43,9 @@ public final class ThreadPool: @unchecked Sendable {
     public func parallelFor<Job>(_ count: Int, job: Job, _ task: Task) {
         guard count > 0 else { return }
         var job = job
-        withUnsafeMutableBytes(of: &job) { bytes in
-            if threadCount == 1 || count == 1 {
-                for index in 0..<count { task(bytes.baseAddress, Int64(index)) }
-            } else {
-                quill_pool_run(pool, task, bytes.baseAddress, Int64(count))
-            }
-        }
+        // Always through the C pool, even for one thread or one task: it sets the thread
+        // index that tasks use to pick their scratch.
+        withUnsafeMutableBytes(of: &job) { quill_pool_run(pool, task, $0.baseAddress, Int64(count)) }
     }
 
     /// Calls `body(i)` for every i in 0..<count, spread over the pool, and returns when all

@@ -104,6 +104,28 @@ import Testing
         #expect(total.value.load(ordering: .relaxed) == 8 * 50 * 16)
     }
 
+    /// Job tasks see a thread index below the running pool's thread count, also when a
+    /// worker of a larger pool runs a smaller pool's job (its scratch has that many entries).
+    @Test func jobThreadIndicesStayWithinTheRunningPool() throws {
+        let outer = try ThreadPool(threads: 3), inner = try ThreadPool(threads: 1), pair = try ThreadPool(threads: 2)
+        struct Job { var seen: UnsafeMutablePointer<Int32> }
+        let seen = UnsafeMutablePointer<Int32>.allocate(capacity: 64)
+        seen.initialize(repeating: 0, count: 64)
+        defer { seen.deallocate() }
+        for (index, pool) in [inner, pair].enumerated() {
+            outer.parallelFor(32) { task in
+                // Record (maximum index seen + 1) for this task, through the job form.
+                pool.parallelFor(4, job: Job(seen: seen + index * 32 + task)) { job, _ in
+                    let job = job!.assumingMemoryBound(to: Job.self).pointee
+                    job.seen.pointee = max(job.seen.pointee, Int32(ThreadPool.currentThreadIndex) + 1)
+                }
+            }
+        }
+        #expect((0..<32).allSatisfy { seen[$0] == 1 }, "a 1-thread pool's tasks must all see index 0")
+        #expect((32..<64).allSatisfy { seen[$0] >= 1 && seen[$0] <= 2 })
+        #expect(ThreadPool.currentThreadIndex == 0)
+    }
+
     @Test func invalidThreadCountsThrow() {
         #expect(throws: TensorError.self) { try ThreadPool(threads: 0) }
         #expect(throws: TensorError.self) { try ThreadPool(threads: -3) }
