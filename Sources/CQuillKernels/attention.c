@@ -94,6 +94,53 @@ void quill_exp_avx2(float *x, int64_t n);
         }                                                                                                  \
     }
 
+// The same sum for every query head of a group at once: acc[g][i] += sum over j < count of
+// p[g * 16 + j] * v[j][i]. Four heads share each loaded (and converted) value vector, which
+// the one-head kernel would load four times; each head's additions happen in the same order
+// as the one-head kernel's, so the results are bit-identical to it.
+#define BLOCK_PV_GROUP(NAME, ELEM, LOAD, ONE_HEAD)                                                         \
+    static QUILL_AVX2 void NAME(float *acc, const float *p, int64_t group, const void *values, int64_t count,\
+                                int64_t d) {                                                               \
+        const ELEM *v = (const ELEM *)values;                                                              \
+        int64_t g = 0;                                                                                     \
+        for (; g + 4 <= group; g += 4) {                                                                   \
+            float *a = acc + g * d;                                                                        \
+            const float *p0 = p + g * 16, *p1 = p0 + 16, *p2 = p1 + 16, *p3 = p2 + 16;                     \
+            int64_t i = 0;                                                                                 \
+            for (; i + 16 <= d; i += 16) {                                                                 \
+                __m256 a0 = _mm256_loadu_ps(a + i), b0 = _mm256_loadu_ps(a + i + 8);                       \
+                __m256 a1 = _mm256_loadu_ps(a + d + i), b1 = _mm256_loadu_ps(a + d + i + 8);               \
+                __m256 a2 = _mm256_loadu_ps(a + 2 * d + i), b2 = _mm256_loadu_ps(a + 2 * d + i + 8);       \
+                __m256 a3 = _mm256_loadu_ps(a + 3 * d + i), b3 = _mm256_loadu_ps(a + 3 * d + i + 8);       \
+                for (int64_t j = 0; j < count; j++) {                                                      \
+                    const __m256 lo = LOAD(v + j * d + i), hi = LOAD(v + j * d + i + 8);                   \
+                    __m256 w = _mm256_broadcast_ss(p0 + j); a0 = _mm256_fmadd_ps(w, lo, a0); b0 = _mm256_fmadd_ps(w, hi, b0); \
+                    w = _mm256_broadcast_ss(p1 + j); a1 = _mm256_fmadd_ps(w, lo, a1); b1 = _mm256_fmadd_ps(w, hi, b1);       \
+                    w = _mm256_broadcast_ss(p2 + j); a2 = _mm256_fmadd_ps(w, lo, a2); b2 = _mm256_fmadd_ps(w, hi, b2);       \
+                    w = _mm256_broadcast_ss(p3 + j); a3 = _mm256_fmadd_ps(w, lo, a3); b3 = _mm256_fmadd_ps(w, hi, b3);       \
+                }                                                                                          \
+                _mm256_storeu_ps(a + i, a0); _mm256_storeu_ps(a + i + 8, b0);                              \
+                _mm256_storeu_ps(a + d + i, a1); _mm256_storeu_ps(a + d + i + 8, b1);                      \
+                _mm256_storeu_ps(a + 2 * d + i, a2); _mm256_storeu_ps(a + 2 * d + i + 8, b2);              \
+                _mm256_storeu_ps(a + 3 * d + i, a3); _mm256_storeu_ps(a + 3 * d + i + 8, b3);              \
+            }                                                                                              \
+            for (; i < d; i += 8) {                                                                        \
+                __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + d + i);                       \
+                __m256 a2 = _mm256_loadu_ps(a + 2 * d + i), a3 = _mm256_loadu_ps(a + 3 * d + i);           \
+                for (int64_t j = 0; j < count; j++) {                                                      \
+                    const __m256 x = LOAD(v + j * d + i);                                                  \
+                    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + j), x, a0);                              \
+                    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j), x, a1);                              \
+                    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + j), x, a2);                              \
+                    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(p3 + j), x, a3);                              \
+                }                                                                                          \
+                _mm256_storeu_ps(a + i, a0); _mm256_storeu_ps(a + d + i, a1);                              \
+                _mm256_storeu_ps(a + 2 * d + i, a2); _mm256_storeu_ps(a + 3 * d + i, a3);                  \
+            }                                                                                              \
+        }                                                                                                  \
+        for (; g < group; g++) ONE_HEAD(acc + g * d, p + g * 16, values, count, d);                        \
+    }
+
 // A full block of 16 scores: exponentiate against the new running maximum and return their
 // sum (s becomes the weights); the maximum and sum reductions stay in vector registers.
 static QUILL_AVX2 float full_block_weights_avx2(float *s, float running_max, float *new_max_out) {
@@ -128,6 +175,8 @@ BLOCK_SCORES(block_scores_f32_avx2, float, LOAD_F32)
 BLOCK_SCORES(block_scores_f16_avx2, uint16_t, LOAD_F16)
 BLOCK_PV(block_pv_f32_avx2, float, LOAD_F32)
 BLOCK_PV(block_pv_f16_avx2, uint16_t, LOAD_F16)
+BLOCK_PV_GROUP(block_pv_group_f32_avx2, float, LOAD_F32, block_pv_f32_avx2)
+BLOCK_PV_GROUP(block_pv_group_f16_avx2, uint16_t, LOAD_F16, block_pv_f16_avx2)
 #endif
 
 void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
@@ -182,6 +231,7 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
             } else
 #endif
                 block_scores_scalar(q + qi * row_stride, group, kT, d, bs, scale, scores);
+            // Each head's weights for this block, and its accumulator rescaled to the new maximum.
             for (int64_t g = 0; g < group; g++) {
                 const int64_t r = qi * group + g;
                 float *s = scores + g * bs + first;  // the visible keys of this block
@@ -199,8 +249,9 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
                     expv(s, count);
                     for (int64_t j = 0; j < count; j++) tile_sum += s[j];
                 }
-                // Rescale what was accumulated under the old maximum (exp(-inf) = 0 at first).
-                const float correction = expf(running_max[r] - new_max);
+                // Rescale what was accumulated under the old maximum (exp(-inf) = 0 at first);
+                // once the maximum settles, most blocks leave it unchanged.
+                const float correction = running_max[r] == new_max ? 1.0f : expf(running_max[r] - new_max);
                 running_sum[r] = running_sum[r] * correction + tile_sum;
                 running_max[r] = new_max;
                 float *a = acc + r * d;
@@ -210,15 +261,16 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
 #endif
                     for (int64_t i = 0; i < d; i++) a[i] *= correction;
                 }
-                const void *rows_v = (const uint8_t *)(const void *)v + first * d * element;
-#ifdef QUILL_X86
-                if (vector) {
-                    if (kv_type == 1) block_pv_f16_avx2(a, s, rows_v, count, d);
-                    else block_pv_f32_avx2(a, s, rows_v, count, d);
-                } else
-#endif
-                    block_pv_scalar(a, s, (const float *)rows_v, count, d);
             }
+            const void *rows_v = (const uint8_t *)(const void *)v + first * d * element;
+#ifdef QUILL_X86
+            if (vector) {
+                if (kv_type == 1) block_pv_group_f16_avx2(acc + qi * group * d, scores + first, group, rows_v, count, d);
+                else block_pv_group_f32_avx2(acc + qi * group * d, scores + first, group, rows_v, count, d);
+            } else
+#endif
+                for (int64_t g = 0; g < group; g++)
+                    block_pv_scalar(acc + (qi * group + g) * d, scores + g * bs + first, (const float *)rows_v, count, d);
         }
     }
     for (int64_t r = 0; r < rows; r++) {

@@ -4,7 +4,7 @@
 //  2. prefill attention vs a naive implementation that materializes the score matrix;
 //  3. KV memory held by the paged cache vs contiguous max-length allocation.
 //
-//   swift run -c release attention-bench [--threads 2]
+//   swift run -c release attention-bench [--threads 2] [--only decode|prefill|memory] [--contexts 256,1024]
 import BenchKit
 import Foundation
 import Quill
@@ -12,14 +12,17 @@ import Quill
 
 let threads = Int(option("--threads", "2"))!
 let context = try ComputeContext(threads: threads)
+let only = option("--only", "all")
+let contexts = option("--contexts", "256,1024,2048,4096,8192").split(separator: ",").compactMap { Int($0) }
 
 // MARK: 1. Decode
 
 let layers = 22, kvHeads = 4, heads = 32, d = 64
+if only == "all" || only == "decode" {
 let measured = measureBandwidth(pool: context.pool)
 print(String(format: "DRAM read bandwidth, %d threads: %.1f GB/s", threads, measured))
 print("decode attention, \(layers) layers, \(heads) heads / \(kvHeads) KV heads of \(d), F16 KV, \(threads) threads:")
-for length in [256, 1024, 2048, 4096, 8192] {
+for length in contexts {
     let shape = KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d, memoryBudget: 0)
     let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d,
                                                                      memoryBudget: ((length + 15) / 16 + 1) * shape.blockBytes))
@@ -42,6 +45,7 @@ for length in [256, 1024, 2048, 4096, 8192] {
     let time = median(samples)
     let bytes = Double(layers * 2 * kvHeads * length * d * 2)
     print(String(format: "  context %5d: %7.3f ms per token, %6.1f GB/s of KV = %.2f of bandwidth", length, time * 1000, bytes / time / 1e9, bytes / time / 1e9 / measured))
+}
 }
 
 // MARK: 2. Prefill vs naive
@@ -72,6 +76,7 @@ func naiveAttention(q: [Float], k: [Float], v: [Float], n: Int, heads: Int, kvHe
     return out
 }
 
+if only == "all" || only == "prefill" {
 print("prefill attention, \(heads) heads / \(kvHeads) KV heads of \(d), one layer, F32 KV:")
 for n in [512, 2048] {
     let shape = KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d, elementType: .f32, memoryBudget: 0)
@@ -104,9 +109,11 @@ for n in [512, 2048] {
     print(String(format: "  %4d tokens: tiled %.1f ms (%d threads), naive %.1f ms (1 thread), speed-up %.1f×; max |difference| %.1e",
                  n, median(tiled) * 1000, threads, naive * 1000, naive / median(tiled), error))
 }
+}
 
 // MARK: 3. Memory
 
+if only == "all" || only == "memory" {
 let maximumContext = 4096, sequences = 64
 var generator = SystemRandomNumberGenerator()
 let lengths = (0..<sequences).map { _ in Int.random(in: 20...2000, using: &generator) }
@@ -116,3 +123,4 @@ print(String(format: "KV memory for %d sequences of 20-2000 tokens (mean %d), co
              sequences, tokens / sequences, maximumContext, Double(paged - tokens) / Double(tokens) * 100,
              Double(sequences * maximumContext - tokens) / Double(tokens) * 100,
              Double(sequences * maximumContext - tokens) / Double(sequences * maximumContext) * 100))
+}
