@@ -331,11 +331,9 @@ public final class PagedKVCache {
         let f32 = configuration.elementType == .f32
         for head in 0..<configuration.keyValueHeads {
             let k = run(block: block, layer: layer, head: head, values: false)
-            for e in 0..<d {  // transposed: element e of every token is contiguous
-                let value = keys[head * d + e]
-                if f32 { k.storeBytes(of: value, toByteOffset: (e * size + row) * 4, as: Float.self) }
-                else { k.storeBytes(of: quill_f32_to_f16_scalar(value), toByteOffset: (e * size + row) * 2, as: UInt16.self) }
-            }
+            // Transposed: element e of every token is contiguous, so a token's keys go `size` apart.
+            if f32 { for e in 0..<d { k.storeBytes(of: keys[head * d + e], toByteOffset: (e * size + row) * 4, as: Float.self) } }
+            else { quill_f32_to_f16_strided(keys + head * d, (k + row * 2).assumingMemoryBound(to: UInt16.self), Int64(d), Int64(size)) }
             let v = run(block: block, layer: layer, head: head, values: true)
             if f32 { (v + row * d * 4).copyMemory(from: values + head * d, byteCount: d * 4) }
             else { quill_f32_to_f16(values + head * d, (v + row * d * 2).assumingMemoryBound(to: UInt16.self), Int64(d)) }

@@ -20,6 +20,32 @@ void QUILL_AVX2 quill_f16_to_f32_avx2(const uint16_t *src, float *dst, int64_t n
     for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
 }
 
+// Round to nearest even like quill_f32_to_f16_scalar; F16C keeps a NaN's payload, so NaN
+// lanes are replaced by the scalar path's canonical quiet NaN (sign | 0x7E00).
+static inline QUILL_AVX2 __m128i f32_to_f16_8(__m256 x) {
+    const __m128i half = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    if (_mm256_testz_ps(nan, nan)) return half;
+    const __m256i high = _mm256_srai_epi32(_mm256_castps_si256(x), 16);  // sign-extended top halves
+    const __m128i top = _mm_packs_epi32(_mm256_castsi256_si128(high), _mm256_extracti128_si256(high, 1));
+    const __m128i canonical = _mm_or_si128(_mm_and_si128(top, _mm_set1_epi16((short)0x8000)), _mm_set1_epi16(0x7E00));
+    const __m256i wide = _mm256_castps_si256(nan);
+    const __m128i mask = _mm_packs_epi32(_mm256_castsi256_si128(wide), _mm256_extracti128_si256(wide, 1));
+    return _mm_blendv_epi8(half, canonical, mask);
+}
+
+void QUILL_AVX2 quill_f32_to_f16_avx2(const float *src, uint16_t *dst, int64_t n, int64_t stride) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i half = f32_to_f16_8(_mm256_loadu_ps(src + i));
+        if (stride == 1) { _mm_storeu_si128((__m128i *)(dst + i), half); continue; }
+        uint16_t lanes[8];
+        _mm_storeu_si128((__m128i *)lanes, half);
+        for (int j = 0; j < 8; j++) dst[(i + j) * stride] = lanes[j];
+    }
+    for (; i < n; i++) dst[i * stride] = quill_f32_to_f16_scalar(src[i]);
+}
+
 // MARK: - Dequantization (the GEMM path dequantizes weight tiles before sgemm)
 
 static inline QUILL_AVX2 void store_scaled_bytes(__m256i bytes, __m256 scale, float *dst) {

@@ -46,6 +46,7 @@ void quill_quantize_activation_scalar(const float *, int64_t, quill_activation_b
 
 #ifdef QUILL_X86
 void quill_f16_to_f32_avx2(const uint16_t *, float *, int64_t);
+void quill_f32_to_f16_avx2(const float *, uint16_t *, int64_t n, int64_t stride);
 void quill_gemv_f32_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_f16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_bf16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);

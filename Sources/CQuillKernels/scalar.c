@@ -45,8 +45,13 @@ void quill_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = quill_f16_to_f32_scalar(src[i]);
 }
 
-void quill_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i++) dst[i] = quill_f32_to_f16_scalar(src[i]);
+void quill_f32_to_f16(const float *src, uint16_t *dst, int64_t n) { quill_f32_to_f16_strided(src, dst, n, 1); }
+
+void quill_f32_to_f16_strided(const float *src, uint16_t *dst, int64_t n, int64_t stride) {
+#ifdef QUILL_X86
+    if (quill_kernel_level() == 1) { quill_f32_to_f16_avx2(src, dst, n, stride); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) dst[i * stride] = quill_f32_to_f16_scalar(src[i]);
 }
 
 void quill_bf16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n) {

@@ -33,18 +33,28 @@ import Testing
 
     @Test(arguments: [KernelLevel.scalar, .avx2])
     func halfPrecisionRoundsToNearestEven(level: KernelLevel) throws {
-        let expected = (fixture["f16_bits"] as! [Int]).map(UInt16.init)
-        let bytes = try Quantization.encode(input, as: .f16)
-        let bits = bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
-        #expect(bits == expected)
-        let specials: [Float] = (fixture["f16_special_input"] as! [Any]).map {
-            if let text = $0 as? String { return text.hasPrefix("-") ? -Float.infinity : Float.infinity }
-            return ($0 as! NSNumber).floatValue
-        }
-        let specialBits = try Quantization.encode(specials, as: .f16).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
-        #expect(specialBits == (fixture["f16_special_bits"] as! [Int]).map(UInt16.init))
-        // Decoding (both paths) is exact: every half is a float.
         try KernelLevel.withThreadLevel(level) {
+            let expected = (fixture["f16_bits"] as! [Int]).map(UInt16.init)
+            let bytes = try Quantization.encode(input, as: .f16)
+            let bits = bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+            #expect(bits == expected)
+            let specials: [Float] = (fixture["f16_special_input"] as! [Any]).map {
+                if let text = $0 as? String { return text.hasPrefix("-") ? -Float.infinity : Float.infinity }
+                return ($0 as! NSNumber).floatValue
+            }
+            let specialBits = try Quantization.encode(specials, as: .f16).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+            #expect(specialBits == (fixture["f16_special_bits"] as! [Int]).map(UInt16.init))
+            // Every NaN, payload or sign, becomes the canonical quiet NaN with its sign, in
+            // the eight-wide path and the tail alike.
+            let nans: [Float] = (0..<11).map { (i: Int) -> Float in
+                let sign: UInt32 = i % 2 == 0 ? 0x7F80_0000 : 0xFF80_0000
+                return Float(bitPattern: sign | UInt32(1 + i * 0x1F_0F01) & 0x7F_FFFF)
+            }
+            let nanBits = try Quantization.encode(nans + [1, 2, 3, 4, 5], as: .f16).withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+            let canonical: [UInt16] = (0..<11).map { $0 % 2 == 0 ? 0x7E00 : 0xFE00 }
+            #expect(Array(nanBits.prefix(11)) == canonical)
+            #expect(Array(nanBits.suffix(5)) == [0x3C00, 0x4000, 0x4200, 0x4400, 0x4500])
+            // Decoding is exact: every half is a float.
             let decoded = try Quantization.decode(bytes, as: .f16, count: input.count)
             for i in input.indices { #expect(decoded[i] == Float(Float16(bitPattern: expected[i])), "element \(i)") }
         }

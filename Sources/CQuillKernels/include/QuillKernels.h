@@ -34,6 +34,8 @@ void quill_set_thread_kernel_level(int level);
 
 void quill_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
 void quill_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
+/// dst[i * stride] = half(src[i]): the transposed key rows of the KV cache.
+void quill_f32_to_f16_strided(const float *src, uint16_t *dst, int64_t n, int64_t stride);
 void quill_bf16_to_f32(const uint16_t *src, float *dst, int64_t n);
 void quill_f32_to_bf16(const float *src, uint16_t *dst, int64_t n);
 float quill_f16_to_f32_scalar(uint16_t h);
