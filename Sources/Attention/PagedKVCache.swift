@@ -65,6 +65,9 @@ public struct KVCacheConfiguration: Sendable, Equatable {
 public struct SequenceID: Hashable, Sendable, CustomStringConvertible {
     /// The cache's number for the sequence (assigned in order, never reused by that cache).
     public let rawValue: Int
+    /// The sequence numbered `rawValue` (numbers come from `makeSequence`; an operation on a
+    /// number the cache never gave throws).
+    public init(rawValue: Int) { self.rawValue = rawValue }
     /// A one-line description for logs and error messages.
     public var description: String { "sequence \(rawValue)" }
 }

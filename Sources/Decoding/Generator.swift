@@ -195,8 +195,8 @@ public final class Generator: Sendable {
         files = try ModelFiles.load(modelPath, options: options)
         self.configuration = configuration
         let context = try ComputeContext(threads: configuration.threads)
-        let target = try Self.runner(files, configuration, context)
-        var draft: ModelRunner?
+        let target = try Self.languageModel(files, configuration, context)
+        var draft: (any LanguageModel)?
         switch configuration.draft {
         case let .model(path)?:
             let draftFiles = try ModelFiles.load(path, options: LoadOptions(threads: configuration.threads))
@@ -205,11 +205,11 @@ public final class Generator: Sendable {
                 throw ConfigurationError.invalidValue(path: path, key: "tokenizer",
                                                       detail: "the draft model's vocabulary differs from the target's")
             }
-            draft = try Self.runner(draftFiles, configuration, try Self.draftContext(draftFiles, shared: context))
+            draft = try Self.languageModel(draftFiles, configuration, try Self.draftContext(draftFiles, shared: context))
         case let .quantizedSelf(type)?:
             let options = LoadOptions(threads: configuration.threads, progress: configuration.progress)
             let quantized = try files.quantized(to: type, options: options)
-            draft = try Self.runner(quantized, configuration, try Self.draftContext(quantized, shared: context))
+            draft = try Self.languageModel(quantized, configuration, try Self.draftContext(quantized, shared: context))
         case .ngram(let n)?:
             guard n > 0 else { throw ConfigurationError.invalidValue(path: modelPath, key: "ngram", detail: "n must be positive") }
         case nil: break
@@ -235,19 +235,13 @@ public final class Generator: Sendable {
         return bytes < singleThreadDraftBytes ? try ComputeContext(threads: 1) : shared
     }
 
-    static func runner(_ files: ModelFiles, _ configuration: GeneratorConfiguration, _ context: ComputeContext) throws -> ModelRunner {
+    static func languageModel(_ files: ModelFiles, _ configuration: GeneratorConfiguration, _ context: ComputeContext) throws -> any LanguageModel {
         // A step holds one prompt chunk and every running request's decode row and drafts
         // (activation buffers are sized for it, so no room for drafts without speculation).
         let rowsPerRequest = configuration.draft == nil ? 1 : Speculation.maximumDraft + 1
         let rows = configuration.chunkSize + configuration.maximumBatch * rowsPerRequest
-        switch files.configuration {
-        case .transformer:
-            let model = try TransformerModel(files: files, context: context, maximumTokens: rows)
-            return ModelRunner(.transformer(model, try model.makeCache(memoryBudget: configuration.kvMemoryBudget,
-                                                                       elementType: configuration.kvElementType)))
-        case .mamba:
-            return ModelRunner(.mamba(try MambaModel(files: files, context: context, maximumTokens: rows)))
-        }
+        return try files.languageModel(context: context, maximumTokens: rows, kvMemoryBudget: configuration.kvMemoryBudget,
+                                       kvElementType: configuration.kvElementType)
     }
 
     /// Streams the continuation of `prompt` with `parameters` (nil: the configuration's
@@ -333,14 +327,12 @@ public final class Generator: Sendable {
     /// `progress` receives the fraction done after each chunk.
     public func perplexity(of tokens: [Int], progress: (@Sendable (Double) -> Void)? = nil) async throws -> Double {
         guard tokens.count >= 2 else { throw ModelError.tooManyTokens(count: tokens.count, maximum: 2) }
-        var negativeLogLikelihood = 0.0
+        var perplexity = Perplexity()
         try await score(tokens, progress: progress) { position, row in
             guard position + 1 < tokens.count else { return }
-            let maximum = Double(row.max() ?? 0)
-            let logSum = maximum + Foundation.log(row.reduce(0.0) { $0 + Foundation.exp(Double($1) - maximum) })
-            negativeLogLikelihood += logSum - Double(row[row.startIndex + tokens[position + 1]])
+            try perplexity.add(row, next: tokens[position + 1])
         }
-        return Foundation.exp(negativeLogLikelihood / Double(tokens.count - 1))
+        return perplexity.value
     }
 
     /// Runs `tokens` through the model chunk by chunk and hands each position's logits to `body`.
@@ -350,15 +342,15 @@ public final class Generator: Sendable {
         try checkContext(tokens)
         let vocabulary = scheduler.target.vocabularySize
         if let bad = tokens.first(where: { $0 < 0 || $0 >= vocabulary }) { throw ModelError.tokenOutOfRange(token: bad, vocabularySize: vocabulary) }
-        let slot = try await scheduler.perform { $0.open(reusingPrefixOf: []).0 }
+        let slot = try await scheduler.perform { $0.makeSequence(reusingPrefixOf: []).sequence }
         do {
             var start = 0
             while start < tokens.count {
                 try Task.checkCancellation()
                 let chunk = Array(tokens[start..<min(tokens.count, start + configuration.chunkSize)])
-                let logits = try await scheduler.perform { runner -> [Float] in
-                    try runner.reserve(slot, tokens: chunk.count)
-                    return try runner.forwardCopying(ModelRunner.Item(slot: slot, tokens: chunk, allLogits: true, traceStates: false))
+                let logits = try await scheduler.perform { model -> [Float] in
+                    try model.reserve(slot, tokens: chunk.count)
+                    return Array(try model.step([ModelInput(sequence: slot, tokens: chunk, allLogits: true)])[0])
                 }
                 for i in chunk.indices { try body(start + i, logits[i * vocabulary..<(i + 1) * vocabulary]) }
                 start += chunk.count

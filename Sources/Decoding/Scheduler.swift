@@ -13,7 +13,7 @@ final class Request {
     /// The prompt, then every generated token.
     var tokens: [Int]
     let promptCount: Int
-    var slot: ModelRunner.Slot?
+    var slot: ModelSequence?
     /// Leading tokens of `tokens` that the model's sequence holds.
     var computed = 0
     var admittedBefore = false
@@ -73,8 +73,8 @@ final class Request {
 /// `@unchecked Sendable`: `condition` guards `incoming`, `shuttingDown` and `forwardPasses`;
 /// everything else belongs to the scheduler's thread.
 final class Scheduler: @unchecked Sendable {
-    let target: ModelRunner
-    let draft: ModelRunner?
+    let target: any LanguageModel
+    let draft: (any LanguageModel)?
     let draftSource: DraftSource?
     let tokenizer: Tokenizer
     let chunkSize: Int
@@ -93,7 +93,7 @@ final class Scheduler: @unchecked Sendable {
     private var available: Int?
     private var preempted = 0
 
-    init(target: ModelRunner, draft: ModelRunner?, draftSource: DraftSource?, tokenizer: Tokenizer, chunkSize: Int, maximumBatch: Int,
+    init(target: any LanguageModel, draft: (any LanguageModel)?, draftSource: DraftSource?, tokenizer: Tokenizer, chunkSize: Int, maximumBatch: Int,
          contextLength: Int) {
         self.target = target
         self.draft = draft
@@ -102,7 +102,7 @@ final class Scheduler: @unchecked Sendable {
         self.chunkSize = chunkSize
         self.contextLength = contextLength
         self.maximumBatch = maximumBatch
-        available = target.blocks?.available
+        available = target.kvBlocks?.available
         let thread = Thread { [self] in loop() }  // holds the scheduler until `shutDown`
         thread.stackSize = 8 << 20
         thread.name = "quill-scheduler"
@@ -140,7 +140,7 @@ final class Scheduler: @unchecked Sendable {
     }
 
     /// Runs `body` with the target model on the scheduler's thread, between two steps.
-    func perform<T: Sendable>(_ body: @escaping @Sendable (ModelRunner) throws -> T) async throws -> T {
+    func perform<T: Sendable>(_ body: @escaping @Sendable (any LanguageModel) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
             condition.lock()
             jobs.append { [target] in continuation.resume(with: Result { try body(target) }) }
@@ -227,8 +227,8 @@ final class Scheduler: @unchecked Sendable {
         let logits: StepLogits
         let forwardStarted = Date()
         do {
-            logits = try target.forward(plan.map {
-                ModelRunner.Item(slot: $0.request.slot!, tokens: $0.tokens, allLogits: !$0.drafts.isEmpty, traceStates: !$0.drafts.isEmpty)
+            logits = try target.step(plan.map {
+                ModelInput(sequence: $0.request.slot!, tokens: $0.tokens, allLogits: !$0.drafts.isEmpty, rollbackPoints: !$0.drafts.isEmpty)
             })
         } catch {
             for item in plan { fail(item.request, error) }
@@ -245,7 +245,7 @@ final class Scheduler: @unchecked Sendable {
     /// the blocks for their tokens (plus one block of headroom per running request).
     private func admit() {
         while let request = waiting.first, running.count < maximumBatch {
-            if let pool = target.blocks {
+            if let pool = target.kvBlocks {
                 let needed = (request.tokens.count + pool.size) / pool.size
                 if needed > pool.total {
                     finish(request, .contextFull)
@@ -254,7 +254,7 @@ final class Scheduler: @unchecked Sendable {
                 if !running.isEmpty && needed + running.count > pool.available { return }
             }
             waiting.removeFirst()
-            let (slot, reused) = target.open(reusingPrefixOf: request.tokens)
+            let (slot, reused) = target.makeSequence(reusingPrefixOf: request.tokens)
             request.slot = slot
             request.computed = reused
             if !request.admittedBefore { request.statistics.reusedPromptTokens = reused }
@@ -405,7 +405,7 @@ final class Scheduler: @unchecked Sendable {
         running.removeAll { $0 === request }
         waiting.removeAll { $0 === request }
         condition.lock()
-        available = target.blocks?.available
+        available = target.kvBlocks?.available
         condition.unlock()
     }
 
@@ -454,9 +454,9 @@ final class Scheduler: @unchecked Sendable {
     /// Catches the draft model's sequence up with the request's tokens, then samples `count`
     /// tokens from it one by one; the draft is rolled back afterwards, so next time it is fed
     /// exactly what the target kept.
-    private func draftWithModel(_ draft: ModelRunner, request: Request, count: Int) throws -> ([Int], [[(token: Int, probability: Double)]]?) {
+    private func draftWithModel(_ draft: any LanguageModel, request: Request, count: Int) throws -> ([Int], [[(token: Int, probability: Double)]]?) {
         if request.speculation?.slot == nil {
-            let (slot, reused) = draft.open(reusingPrefixOf: request.tokens)
+            let (slot, reused) = draft.makeSequence(reusingPrefixOf: request.tokens)
             request.speculation?.slot = slot
             request.speculation?.held = reused
         }
@@ -466,7 +466,7 @@ final class Scheduler: @unchecked Sendable {
         while start < request.tokens.count {
             let end = min(request.tokens.count, start + draft.maximumTokens)
             try draft.reserve(slot, tokens: end - start)
-            logits = try draft.forwardCopying(ModelRunner.Item(slot: slot, tokens: Array(request.tokens[start..<end]), allLogits: false, traceStates: false))
+            logits = Array(try draft.step([ModelInput(sequence: slot, tokens: Array(request.tokens[start..<end]))])[0])
             start = end
         }
         request.speculation?.held = request.tokens.count
@@ -490,7 +490,7 @@ final class Scheduler: @unchecked Sendable {
             history.tokens.append(token)
             if i < count - 1 {
                 try draft.reserve(slot, tokens: 1)
-                logits = try draft.forwardCopying(ModelRunner.Item(slot: slot, tokens: [token], allLogits: false, traceStates: false))
+                logits = Array(try draft.step([ModelInput(sequence: slot, tokens: [token])])[0])
             }
         }
         return (drafts, request.sampler.isSampling ? distributions : nil)
@@ -498,11 +498,11 @@ final class Scheduler: @unchecked Sendable {
 
     /// Rolls the draft model's sequence back to what the target kept: the draft fed all but
     /// its last proposal, so it keeps the accepted ones a transformer can truncate to (Mamba
-    /// returns to its snapshot from before drafting, which the runner holds).
+    /// returns to its snapshot from before drafting, which the model holds).
     private func keepAcceptedDrafts(_ request: Request, drafted: Int, kept: Int) {
         guard let draft, let slot = request.speculation?.slot, let held = request.speculation?.held else { return }
         var keep = held
-        if case .transformer = draft.model { keep = held + min(kept, drafted - 1) }
+        if draft.rollsBackToAnyLength { keep = held + min(kept, drafted - 1) }
         do {
             try draft.rollback(slot, to: keep)
             request.speculation?.held = keep

@@ -84,7 +84,7 @@ struct Speculation {
     /// Exponential average of the fraction of drafts accepted.
     var acceptance = 1.0
     /// The draft model's sequence and how many of the request's tokens it holds.
-    var slot: ModelRunner.Slot?
+    var slot: ModelSequence?
     /// The longest draft the request asked for.
     let longestDraft: Int
     var held = 0

@@ -326,13 +326,10 @@ public final class TransformerModel {
         guard tokens.count >= 2 else { throw ModelError.tooManyTokens(count: tokens.count, maximum: 2) }
         let logits = try self.logits(for: tokens, cache: cache)
         let vocabulary = configuration.vocabularySize
-        var negativeLogLikelihood = 0.0
+        var perplexity = Perplexity()
         for position in 0..<(tokens.count - 1) {
-            let row = logits[position * vocabulary..<(position + 1) * vocabulary]
-            let maximum = Double(row.max()!)
-            let logSum = maximum + Foundation.log(row.reduce(0.0) { $0 + Foundation.exp(Double($1) - maximum) })
-            negativeLogLikelihood += logSum - Double(row[row.startIndex + tokens[position + 1]])
+            try perplexity.add(logits[position * vocabulary..<(position + 1) * vocabulary], next: tokens[position + 1])
         }
-        return Foundation.exp(negativeLogLikelihood / Double(tokens.count - 1))
+        return perplexity.value
     }
 }

@@ -23,18 +23,18 @@ struct AllocationTests {
     static func decodeStepAllocations(_ name: String, prompt: Int, steps: Int) async throws -> [Int64] {
         let generator = try SchedulerTests.generator(name)
         return try await generator.scheduler.perform { runner -> [Int64] in
-            let (slot, _) = runner.open(reusingPrefixOf: [])
+            let (slot, _) = runner.makeSequence(reusingPrefixOf: [])
             try runner.reserve(slot, tokens: prompt + steps)  // the KV blocks, reserved up front
             for start in stride(from: 0, to: prompt, by: 16) {  // the prompt in chunks, as the scheduler feeds it
                 let chunk = (start..<min(prompt, start + 16)).map { 3 + $0 % 300 }
-                _ = try runner.forward([ModelRunner.Item(slot: slot, tokens: chunk, allLogits: false, traceStates: false)])
+                _ = try runner.step([ModelInput(sequence: slot, tokens: chunk)])
             }
             var counts = [Int64](repeating: 0, count: steps)
-            var items = [ModelRunner.Item(slot: slot, tokens: [5], allLogits: false, traceStates: false)]
+            var items = [ModelInput(sequence: slot, tokens: [5])]
             for step in 0..<steps {
                 items[0].tokens[0] = 3 + step % 300
                 let before = quill_allocation_count()
-                _ = try runner.forward(items)
+                _ = try runner.step(items)
                 counts[step] = quill_allocation_count() - before
             }
             return counts
