@@ -105,6 +105,10 @@ public struct GenerationStatistics: Sendable, Equatable {
     public var prefillTokensPerSecond = 0.0
     /// Tokens generated per second after the first (0 with fewer than two).
     public var decodeTokensPerSecond = 0.0
+    /// Seconds of the decode (after the first token) spent in the model's forward passes,
+    /// shared with the other requests of each batch. The rest of the decode time is the
+    /// Generator's own work (scheduling, sampling, detokenizing, streaming) and waiting.
+    public var decodeModelSeconds = 0.0
     /// Draft tokens proposed to the target and how many it accepted (speculative decoding).
     public var draftTokens = 0
     /// Draft tokens the target accepted.

@@ -305,6 +305,7 @@ final class Scheduler: @unchecked Sendable {
         let before = request.computed
         request.computed += item.tokens.count
         guard item.isFinal else { return }
+        if request.statistics.generatedTokens > 0 { request.statistics.decodeModelSeconds += forwardSeconds }
         if request.statistics.generatedTokens == 0, let started = request.prefillStarted {
             let computedPrompt = request.tokens.count - request.statistics.reusedPromptTokens
             request.statistics.prefillTokensPerSecond = Double(computedPrompt) / max(Date().timeIntervalSince(started), 1e-9)

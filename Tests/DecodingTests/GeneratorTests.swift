@@ -46,6 +46,11 @@ func collect(_ stream: AsyncThrowingStream<GenerationEvent, Error>) async throws
         let result = try await collect(Self.generator(name).generate(.tokens(reference.prompt), parameters: parameters))
         #expect(result.reason == .maxTokens)
         #expect(result.statistics?.generatedTokens == reference.generated.count && result.statistics?.promptTokens == 20)
+        // The timings are consistent: the model's share of the decode lies within the decode.
+        let statistics = try #require(result.statistics)
+        #expect(statistics.timeToFirstToken > 0 && statistics.prefillTokensPerSecond > 0 && statistics.decodeTokensPerSecond > 0)
+        let decodeSeconds = Double(statistics.generatedTokens - 1) / statistics.decodeTokensPerSecond
+        #expect(statistics.decodeModelSeconds > 0 && statistics.decodeModelSeconds <= decodeSeconds)
         // Every token is reported once text it completes is emitted; the ids must be the reference's.
         let generator = try Self.generator(name)
         let text = try generator.files.tokenizer.decode(reference.generated, skipSpecialTokens: true)
