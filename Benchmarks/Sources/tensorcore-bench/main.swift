@@ -3,7 +3,7 @@
 // OpenBLAS sgemm on the same shapes. Ratios, not absolute numbers, are what compare across
 // runs on a shared, noisy machine.
 //
-//   swift run -c release tensorcore-bench [--threads 1,2] [--json out.json] [--quick]
+//   swift run -c release tensorcore-bench [--threads 1,2] [--json out.json] [--quick] [--only gemv|gemm] [--shapes 4096x4096,2048x5632]
 import CBenchSupport
 import Foundation
 import TensorCore
@@ -101,7 +101,12 @@ var rows: [Row] = []
     print("\(row.benchmark.padding(toLength: 6, withPad: " ", startingAt: 0)) t=\(row.threads) \(row.shape.padding(toLength: 16, withPad: " ", startingAt: 0)) \(row.type.padding(toLength: 5, withPad: " ", startingAt: 0)) \(valueText)   \(String(format: "%.3f", row.ratio)) of \(row.ratioOf)")
 }
 
-let shapes = [(rows: 4096, columns: 4096), (rows: 2048, columns: 5632)]
+// --shapes NxK,... (weight rows × columns); the 1.1B's are 2048x2048 (q, o), 256x2048 (k, v),
+// 5632x2048 (gate, up) and 2048x5632 (down).
+let shapes = (option("--shapes") ?? "4096x4096,2048x5632").split(separator: ",").compactMap { text -> (rows: Int, columns: Int)? in
+    let parts = text.split(separator: "x").compactMap { Int($0) }
+    return parts.count == 2 ? (rows: parts[0], columns: parts[1]) : nil
+}
 let targetBytes = (quick ? 128 : 320) << 20  // cycle through copies so weights come from DRAM, not the 32 MiB L3
 
 for threads in threadCounts {
