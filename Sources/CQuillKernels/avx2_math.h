@@ -34,5 +34,50 @@ static inline QUILL_AVX2 __m256 exp256(__m256 x) {
     n = _mm256_max_epi32(n, _mm256_setzero_si256());
     return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
 }
+
+// log(x) for positive, finite, normal float lanes: Cephes-style split into exponent and a
+// mantissa in [sqrt(1/2), sqrt(2)), then a degree-8 polynomial; about 1 ulp.
+static inline QUILL_AVX2 __m256 log256(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256i bits = _mm256_castps_si256(x);
+    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
+    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                   _mm256_set1_epi32(0x3F000000)));  // [0.5, 1)
+    const __m256 small = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+    e = _mm256_sub_ps(e, _mm256_and_ps(one, small));
+    m = _mm256_sub_ps(_mm256_add_ps(m, _mm256_and_ps(m, small)), one);
+    const __m256 z = _mm256_mul_ps(m, m);
+    __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.1514610310e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(1.1676998740e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.2420140846e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(1.4249322787e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.6668057665e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(2.0000714765e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-2.4999993993e-1f));
+    y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(3.3333331174e-1f));
+    y = _mm256_mul_ps(_mm256_mul_ps(y, m), z);
+    y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+    y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+    return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(m, y));
+}
+
+// torch's softplus (threshold 20): x above 20, else log1p(exp(x)). log1p(w) is computed as
+// log(1 + w) · w / ((1 + w) − 1), which keeps its relative accuracy when w is tiny (and is
+// w itself when 1 + w rounds to 1).
+static inline QUILL_AVX2 __m256 softplus256(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 w = exp256(_mm256_min_ps(x, _mm256_set1_ps(20.0f)));
+    const __m256 u = _mm256_add_ps(one, w), d = _mm256_sub_ps(u, one);
+    const __m256 exact = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
+    const __m256 ratio = _mm256_blendv_ps(_mm256_div_ps(w, d), one, exact);
+    const __m256 log1p = _mm256_blendv_ps(_mm256_mul_ps(log256(u), ratio), w, exact);
+    return _mm256_blendv_ps(log1p, x, _mm256_cmp_ps(x, _mm256_set1_ps(20.0f), _CMP_GT_OQ));
+}
+
+// x · sigmoid(x).
+static inline QUILL_AVX2 __m256 silu256(__m256 x) {
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
 #endif
 #endif

@@ -168,10 +168,11 @@ public final class MambaModel {
             try groups.matmul(layer.inProjection, normed, xz, context: context)
             for (i, chunk) in chunks.enumerated() {
                 let rows = rowStarts[i]..<rowStarts[i] + chunk.tokens.count
-                convolve(layer, rows: rows, window: &states[i].convolution[index]) { t, window in
-                    if !traces[i].isEmpty { traces[i][t - rows.lowerBound].convolution[index] = window }
+                try convolve(layer, rows: rows, window: &states[i].convolution[index], tracing: !traces[i].isEmpty) { t, window in
+                    traces[i][t - rows.lowerBound].convolution[index] = window
                 }
             }
+            try Kernels.silu(x, rows: n, output: x)
             try groups.matmul(layer.xProjection, x, dtBC, context: context)
             for t in 0..<n { dtIn.row(t).update(from: dtBC.row(t), count: rank) }
             try groups.matmul(layer.dtProjection, dtIn, dt, context: context)
@@ -192,24 +193,17 @@ public final class MambaModel {
         return try chunkLogits(normed, layout: layout, head: outputHead, scratch: outputScratch, context: context)
     }
 
-    /// Causal depthwise convolution + SiLU of x (the first half of `xz`) into `x`, token by
-    /// token through the sequence's window of previous inputs.
-    func convolve(_ layer: Layer, rows: Range<Int>, window: inout [Float], after: (Int, [Float]) -> Void) {
-        let inner = configuration.innerSize, kernel = configuration.convolutionKernel
+    /// Causal depthwise convolution of x (the first half of `xz`) into `x`, token by token
+    /// through the sequence's window of previous inputs (the SiLU follows, vectorized, over
+    /// the whole step).
+    func convolve(_ layer: Layer, rows: Range<Int>, window: inout [Float], tracing: Bool, after: (Int, [Float]) -> Void) throws {
+        func run(_ rows: Range<Int>) throws {
+            try Kernels.causalConvolution(input: xz, output: x, rows: rows, window: &window, weights: layer.convolution,
+                                          bias: layer.convolutionBias, channels: configuration.innerSize)
+        }
+        guard tracing else { return try run(rows) }
         for t in rows {
-            let input = xz.row(t), output = x.row(t)
-            for channel in 0..<inner {
-                let taps = channel * kernel
-                var sum = layer.convolutionBias[channel]
-                for j in 0..<(kernel - 1) { sum += layer.convolution[taps + j] * window[channel * (kernel - 1) + j] }
-                sum += layer.convolution[taps + kernel - 1] * input[channel]
-                output[channel] = sum / (1 + Foundation.exp(-sum))  // SiLU
-                if kernel > 1 {  // shift the window left and append this input
-                    let base = channel * (kernel - 1)
-                    for j in 0..<(kernel - 2) { window[base + j] = window[base + j + 1] }
-                    window[base + kernel - 2] = input[channel]
-                }
-            }
+            try run(t..<t + 1)
             after(t, window)
         }
     }

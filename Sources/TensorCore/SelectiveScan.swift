@@ -47,6 +47,32 @@ extension Kernels {
         }
     }
 
+    /// Mamba's causal depthwise convolution of `input`'s first `channels` columns over
+    /// `rows`, into `output`'s: each channel's `kernel` taps (`weights`, [channels × kernel])
+    /// over its kernel−1 previous inputs, kept in `window` ([channels × (kernel−1)], oldest
+    /// first, advanced by every row), and the row's own input, plus `bias`.
+    public static func causalConvolution(input: FloatBuffer, output: FloatBuffer, rows: Range<Int>, window: inout [Float],
+                                         weights: [Float], bias: [Float], channels: Int) throws {
+        guard channels > 0, weights.count % channels == 0, weights.count >= channels, bias.count == channels,
+              window.count == channels * (weights.count / channels - 1), input.columns >= channels, output.columns >= channels else {
+            throw TensorError.shapeMismatch(operation: "causal convolution",
+                                            detail: "\(channels) channels, weights \(weights.count), bias \(bias.count), window \(window.count)")
+        }
+        guard rows.lowerBound >= 0, rows.upperBound <= min(input.rows, output.rows) else {
+            throw TensorError.shapeMismatch(operation: "causal convolution", detail: "rows \(rows) outside the buffers")
+        }
+        guard !rows.isEmpty else { return }
+        window.withUnsafeMutableBufferPointer { window in
+            weights.withUnsafeBufferPointer { weights in
+                bias.withUnsafeBufferPointer { bias in
+                    quill_causal_conv(input.row(rows.lowerBound), Int64(input.columns), output.row(rows.lowerBound), Int64(output.columns),
+                                      Int64(rows.count), window.baseAddress, weights.baseAddress, bias.baseAddress, Int64(channels),
+                                      Int64(weights.count / channels))
+                }
+            }
+        }
+    }
+
     /// What a scan task reads (the task captures nothing, so nothing is allocated).
     private struct ScanJob {
         var arguments: UnsafePointer<quill_mamba_scan_args>, inner: Int, slice: Int

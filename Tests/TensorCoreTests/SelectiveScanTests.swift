@@ -18,8 +18,10 @@ import Testing
         let bc = try FloatBuffer(rows: tokens, columns: 3 + 2 * n), z = try FloatBuffer(rows: tokens, columns: 2 * inner)
         let y = try FloatBuffer(rows: tokens, columns: inner)
         for t in 0..<tokens {
-            // One large delta exercises softplus's linear branch (> 20).
-            for (i, v) in values(inner, -3...3).enumerated() { delta.row(t)[i] = i == 0 && t == 1 ? 25 : v }
+            // Softplus's extremes: its linear branch (> 20), just under it, and inputs whose
+            // exp is tiny or underflows (log1p must keep them, not round 1 + w to 1).
+            let extremes: [Int: Float] = [0: 25, 1: 19.9, 2: -17, 3: -40, 4: -100]
+            for (i, v) in values(inner, -3...3).enumerated() { delta.row(t)[i] = t == 1 ? extremes[i] ?? v : v }
             for (i, v) in values(inner, -2...2).enumerated() { u.row(t)[i] = v }
             for (i, v) in values(3 + 2 * n, -1...1).enumerated() { bc.row(t)[i] = v }
             for (i, v) in values(2 * inner, -3...3).enumerated() { z.row(t)[i] = v }
@@ -52,6 +54,46 @@ import Testing
         #expect(throws: TensorError.self) {
             try Kernels.selectiveScan(state: &short, a: a, dtBias: dtBias, d: d, delta: delta, bc: bc, bcColumn: 3, u: u, z: z, zColumn: inner,
                                       output: y, rows: 0..<tokens, states: n, context: try ComputeContext(threads: 1))
+        }
+    }
+
+    /// The causal depthwise convolution against its definition (taps over the previous
+    /// kernel−1 inputs, zeros before the first), in one call or split across calls.
+    @Test func causalConvolutionMatchesItsDefinition() throws {
+        let (channels, kernel, tokens) = (5, 4, 6)
+        var random = SeededGenerator(seed: 11)
+        func value() -> Float { Float(random.next() >> 40) / Float(1 << 24) * 2 - 1 }
+        let weights = (0..<channels * kernel).map { _ in value() }, bias = (0..<channels).map { _ in value() }
+        let input = try FloatBuffer(rows: tokens, columns: 2 * channels)  // x is the first half, as in in_proj's output
+        for t in 0..<tokens { for i in 0..<2 * channels { input.row(t)[i] = value() } }
+        var expected = [[Double]](repeating: [Double](repeating: 0, count: channels), count: tokens)
+        for t in 0..<tokens {
+            for ch in 0..<channels {
+                var sum = Double(bias[ch])
+                for j in 0..<kernel where t - (kernel - 1) + j >= 0 {
+                    sum += Double(weights[ch * kernel + j]) * Double(input.row(t - (kernel - 1) + j)[ch])
+                }
+                expected[t][ch] = sum
+            }
+        }
+        for split in [tokens, 2] {
+            let output = try FloatBuffer(rows: tokens, columns: channels)
+            var window = [Float](repeating: 0, count: channels * (kernel - 1))
+            try Kernels.causalConvolution(input: input, output: output, rows: 0..<split, window: &window, weights: weights, bias: bias, channels: channels)
+            try Kernels.causalConvolution(input: input, output: output, rows: split..<tokens, window: &window, weights: weights, bias: bias, channels: channels)
+            for t in 0..<tokens {
+                for ch in 0..<channels { #expect(abs(Double(output.row(t)[ch]) - expected[t][ch]) <= 1e-6, "split \(split) t \(t) channel \(ch)") }
+            }
+            // The window holds the last kernel−1 inputs, oldest first.
+            #expect(window[0..<(kernel - 1)] == (tokens - kernel + 1..<tokens).map { input.row($0)[0] }[...])
+        }
+        var window = [Float](repeating: 0, count: 2)  // wrong size
+        #expect(throws: TensorError.self) {
+            try Kernels.causalConvolution(input: input, output: input, rows: 0..<2, window: &window, weights: weights, bias: bias, channels: channels)
+        }
+        var good = [Float](repeating: 0, count: channels * (kernel - 1))
+        #expect(throws: TensorError.self) {
+            try Kernels.causalConvolution(input: input, output: input, rows: 0..<(tokens + 1), window: &good, weights: weights, bias: bias, channels: channels)
         }
     }
 }

@@ -177,6 +177,12 @@ typedef struct {
 /// step·B·u; y = (h·C + u·d)·silu(z), token after token.
 void quill_mamba_scan(const quill_mamba_scan_args *args, int64_t c0, int64_t c1);
 
+/// Mamba's causal depthwise convolution over `tokens` rows: y[t][ch] = bias[ch] + the
+/// kernel−1 previous inputs in `window` ([channels × (kernel−1)], oldest first, updated) and
+/// x[t][ch], each times its tap of weights ([channels × kernel]).
+void quill_causal_conv(const float *x, int64_t x_stride, float *y, int64_t y_stride, int64_t tokens, float *window,
+                       const float *weights, const float *bias, int64_t channels, int64_t kernel);
+
 // MARK: - Thread pool
 
 typedef struct quill_pool quill_pool;
