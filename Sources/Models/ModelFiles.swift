@@ -299,6 +299,14 @@ extension Array where Element == RowGroup {
             try Kernels.matmul(weight: weight, input: input, rows: group.rows, output: output, path: group.path, context: context)
         }
     }
+
+    /// `outputs[j] = weights[j] · input` over every group's rows: weights sharing an input
+    /// in one parallel pass where the group's path allows it.
+    func matmul(_ weights: [Tensor], _ input: FloatBuffer, _ outputs: [FloatBuffer], context: ComputeContext) throws {
+        for group in self {
+            try Kernels.matmul(weights: weights, input: input, rows: group.rows, outputs: outputs, path: group.path, context: context)
+        }
+    }
 }
 
 func orderedUnique(_ values: [Int]) -> [Int] {

@@ -49,6 +49,7 @@ public final class TransformerModel {
     struct Layer {
         let inputNorm: [Float]            // [hidden]
         let q, k, v, o: Tensor            // [heads·d, hidden], [kv·d, hidden] ×2, [hidden, heads·d]
+        let qkv: [Tensor]                 // [q, k, v]: one parallel pass for the three (see Kernels.matmul(weights:))
         let qBias, kBias, vBias: [Float]  // [heads·d], [kv·d], [kv·d] (empty without biases)
         let oBias: [Float]                // [hidden] (empty without)
         let postNorm: [Float]             // [hidden]
@@ -58,6 +59,11 @@ public final class TransformerModel {
     /// One SwiGLU MLP: down(silu(gate x) · up x).
     struct Expert {
         let gate, up, down: Tensor        // [inter, hidden], [inter, hidden], [hidden, inter]
+        let gateUp: [Tensor]              // [gate, up]
+
+        init(gate: Tensor, up: Tensor, down: Tensor) {
+            (self.gate, self.up, self.down, gateUp) = (gate, up, down, [gate, up])
+        }
     }
 
     enum MLP {
@@ -73,7 +79,9 @@ public final class TransformerModel {
     // Activations, [maximumTokens, ·] each.
     let hidden, normed, attentionOutput, projected: FloatBuffer  // [n, hidden], [n, hidden], [n, heads·d], [n, hidden]
     let queries, keys, values: FloatBuffer                       // [n, heads·d], [n, kv·d], [n, kv·d]
+    let queriesKeysValues: [FloatBuffer]                         // [queries, keys, values]
     let gateOut, upOut: FloatBuffer                              // [n, inter]
+    let gateUpOut: [FloatBuffer]                                 // [gateOut, upOut]
     let routerLogits: FloatBuffer                                // [n, experts]
     let expertInput, expertOutput: FloatBuffer                   // [n, hidden]: one expert's tokens, gathered
     // Mixture-of-experts routing, allocated once (empty for dense models); k = experts per token.
@@ -115,12 +123,12 @@ public final class TransformerModel {
             } else {
                 mlp = .dense(try expert(p + "mlp.", gate: "gate_proj.weight", up: "up_proj.weight", down: "down_proj.weight"))
             }
+            let q = try w.tensor(p + "self_attn.q_proj.weight", shape: [qDim, h])
+            let k = try w.tensor(p + "self_attn.k_proj.weight", shape: [kvDim, h])
+            let v = try w.tensor(p + "self_attn.v_proj.weight", shape: [kvDim, h])
             return Layer(
                 inputNorm: try floats(p + "input_layernorm.weight", h),
-                q: try w.tensor(p + "self_attn.q_proj.weight", shape: [qDim, h]),
-                k: try w.tensor(p + "self_attn.k_proj.weight", shape: [kvDim, h]),
-                v: try w.tensor(p + "self_attn.v_proj.weight", shape: [kvDim, h]),
-                o: try w.tensor(p + "self_attn.o_proj.weight", shape: [h, qDim]),
+                q: q, k: k, v: v, o: try w.tensor(p + "self_attn.o_proj.weight", shape: [h, qDim]), qkv: [q, k, v],
                 qBias: try optionalFloats(p + "self_attn.q_proj.bias", qDim, c.queryKeyValueBias),
                 kBias: try optionalFloats(p + "self_attn.k_proj.bias", kvDim, c.queryKeyValueBias),
                 vBias: try optionalFloats(p + "self_attn.v_proj.bias", kvDim, c.queryKeyValueBias),
@@ -139,8 +147,10 @@ public final class TransformerModel {
         queries = try FloatBuffer(rows: n, columns: qDim)
         keys = try FloatBuffer(rows: n, columns: kvDim)
         values = try FloatBuffer(rows: n, columns: kvDim)
+        queriesKeysValues = [queries, keys, values]
         gateOut = try FloatBuffer(rows: n, columns: c.intermediateSize)
         upOut = try FloatBuffer(rows: n, columns: c.intermediateSize)
+        gateUpOut = [gateOut, upOut]
         routerLogits = try FloatBuffer(rows: n, columns: c.experts?.count ?? 1)
         expertInput = try FloatBuffer(rows: n, columns: h)
         expertOutput = try FloatBuffer(rows: n, columns: h)
@@ -162,8 +172,7 @@ public final class TransformerModel {
     /// output = down(silu(gate · input) · (up · input)) over the groups' rows.
     func run(_ mlp: Expert, input: FloatBuffer, groups: [RowGroup], output: FloatBuffer) throws {
         let rows = groups.last?.rows.upperBound ?? 0
-        try groups.matmul(mlp.gate, input, gateOut, context: context)
-        try groups.matmul(mlp.up, input, upOut, context: context)
+        try groups.matmul(mlp.gateUp, input, gateUpOut, context: context)
         try Kernels.swiglu(gate: gateOut, up: upOut, rows: rows, output: gateOut)
         try groups.matmul(mlp.down, gateOut, output, context: context)
     }
@@ -269,9 +278,7 @@ public final class TransformerModel {
         }
         for (layerIndex, layer) in layers.enumerated() {
             try Kernels.rmsNorm(hidden, weight: layer.inputNorm, epsilon: c.rmsNormEpsilon, rows: n, output: normed)
-            try groups.matmul(layer.q, normed, queries, context: context)
-            try groups.matmul(layer.k, normed, keys, context: context)
-            try groups.matmul(layer.v, normed, values, context: context)
+            try groups.matmul(layer.qkv, normed, queriesKeysValues, context: context)
             try Kernels.addBias(queries, bias: layer.qBias, rows: n)
             try Kernels.addBias(keys, bias: layer.kBias, rows: n)
             try Kernels.addBias(values, bias: layer.vBias, rows: n)

@@ -30,10 +30,8 @@ public enum Kernels {
         case rowwise
     }
 
-    /// `matmul` over the rows `rows` of `input` into the same rows of `output`, by `path`.
-    public static func matmul(weight: Tensor, input: FloatBuffer, rows range: Range<Int>, output: FloatBuffer,
-                              path: MatmulPath, context: ComputeContext) throws {
-        let m = range.count
+    /// Validates one product's operands (the error names the weight and what was expected).
+    static func check(weight: Tensor, input: FloatBuffer, rows range: Range<Int>, output: FloatBuffer) throws {
         let n = weight.rows, k = weight.columns
         // Built only when an error is thrown: the token loop calls matmul a hundred times a token.
         func operation() -> String { "matmul with '\(weight.name)' \(weight.elementType) \(weight.shape)" }
@@ -50,6 +48,14 @@ public enum Kernels {
             throw TensorError.shapeMismatch(operation: operation(),
                                             detail: "rows \(range) requested, input has \(input.rows), output \(output.rows)")
         }
+    }
+
+    /// `matmul` over the rows `rows` of `input` into the same rows of `output`, by `path`.
+    public static func matmul(weight: Tensor, input: FloatBuffer, rows range: Range<Int>, output: FloatBuffer,
+                              path: MatmulPath, context: ComputeContext) throws {
+        let m = range.count
+        let n = weight.rows, k = weight.columns
+        try check(weight: weight, input: input, rows: range, output: output)
         guard m > 0, n > 0 else { return }
         guard k > 0 else {
             for i in range { output.row(i).update(repeating: 0, count: n) }
@@ -63,14 +69,48 @@ public enum Kernels {
         }
     }
 
+    /// `outputs[j] = weights[j] · input` over `rows` for several weights that share their
+    /// input (a layer's q, k and v; an MLP's gate and up). On the GEMV path (few rows, or
+    /// `.rowwise`) the matrices run as one parallel pass over all their rows: the threads
+    /// meet once instead of once per matrix, and the input is quantized once. Each output
+    /// is identical to a separate `matmul`.
+    public static func matmul(weights: [Tensor], input: FloatBuffer, rows range: Range<Int>, outputs: [FloatBuffer],
+                              path: MatmulPath, context: ComputeContext) throws {
+        guard weights.count == outputs.count else {
+            throw TensorError.shapeMismatch(operation: "matmul of \(weights.count) weights", detail: "\(outputs.count) outputs")
+        }
+        guard let first = weights.first else { return }
+        let m = range.count, k = first.columns
+        let fused = weights.count <= GemvParts.capacity && (m < gemmThreshold || path == .rowwise) && m > 0 && k > 0
+            && weights.allSatisfy { $0.elementType == first.elementType && $0.columns == k && $0.rows > 0 }
+        guard fused else {
+            for (weight, output) in zip(weights, outputs) {
+                try matmul(weight: weight, input: input, rows: range, output: output, path: path, context: context)
+            }
+            return
+        }
+        var parts = GemvParts()
+        for (weight, output) in zip(weights, outputs) {
+            try check(weight: weight, input: input, rows: range, output: output)
+            parts.append(weight, output.pointer + range.lowerBound * weight.rows)
+        }
+        try gemv(parts, type: first.elementType, k: k, input: input.pointer + range.lowerBound * k, rows: m, context: context)
+    }
+
     /// One or a few activation rows: the multi-row GEMV micro-kernels, parallel over weight
     /// rows. With several activation rows, each group of 16 weight rows is reused from
     /// cache for every activation row, so weights come from memory once.
     static func gemv(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
                      output: UnsafeMutablePointer<Float>, context: ComputeContext) throws {
-        let n = weight.rows, k = weight.columns
-        let w = weight.rawPointer, stride = Int64(weight.rowStride)
-        let type = weight.elementType
+        var parts = GemvParts()
+        parts.append(weight, output)
+        try gemv(parts, type: weight.elementType, k: weight.columns, input: input, rows: m, context: context)
+    }
+
+    /// Up to four matrices of one element type and width against the same activation rows,
+    /// as one parallel pass over all their weight rows (see `matmul(weights:...)`).
+    static func gemv(_ parts: GemvParts, type: ElementType, k: Int, input: UnsafeMutablePointer<Float>, rows m: Int,
+                     context: ComputeContext) throws {
         // Quantized weights are dotted against activations quantized to int8 blocks, laid
         // out per block for Q8_0 and per pair of blocks for Q4_0 (see QuillKernels.h).
         let blocks = k / 32, pairs = (blocks + 1) / 2
@@ -87,52 +127,126 @@ public enum Kernels {
             for i in 0..<m { quill_quantize_activation_pairs(input + i * k, Int64(k), pointer + i * pairs) }
             pairActivations = pointer
         }
-        // 16 chunks per thread: both threads must finish before the next matrix starts, so
-        // the idle tail is at most one small chunk.
-        let threads = context.threadCount
-        let chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 3) / 4 * 4)
-        let tasks = (n + chunk - 1) / chunk
-        let job = GemvJob(weights: w, stride: stride, type: type, input: input, output: output, rows: m, k: k, n: n,
-                          chunk: chunk, blockActivations: blockActivations, pairActivations: pairActivations)
+        // Each matrix in 16 chunks per thread, as if it ran alone (a row's result depends on
+        // where its chunk starts, so this keeps results identical to separate calls): the
+        // threads meet after the last chunk of the last matrix, and the idle tail is at most
+        // one small chunk.
+        var parts = parts
+        parts.divide(threads: context.threadCount)
+        let job = GemvJob(parts: parts, type: type, input: input, rows: m, k: k,
+                          blockActivations: blockActivations, pairActivations: pairActivations)
+        let tasks = parts.totalTasks
         context.pool.parallelFor(tasks, job: job) { job, task in
-            let job = job!.assumingMemoryBound(to: GemvJob.self).pointee
-            let m = job.rows, k = job.k, n = job.n
-            let begin = Int(task) * job.chunk, end = min(n, begin + job.chunk)
-            // Quantized weights and several rows: each weight block unpacked once for all rows.
-            if job.type == .q4_0 && m > 1 {
-                quill_gemv_q4_0_rows(job.weights, job.stride, job.pairActivations!, Int64(k), job.output, Int64(n),
-                                     Int64(begin), Int64(end), Int64(m))
+            Kernels.gemvTask(job!.assumingMemoryBound(to: GemvJob.self).pointee, Int(task))
+        }
+    }
+
+    /// One task: a chunk of one of the matrices.
+    private static func gemvTask(_ job: GemvJob, _ task: Int) {
+        var task = task
+        for index in 0..<job.parts.count {
+            let part = job.parts[index]
+            if task < part.tasks {
+                let begin = task * part.chunk
+                gemvRows(job, part, begin, min(part.rows, begin + part.chunk))
                 return
             }
-            if job.type == .q8_0 && m > 1 {
-                quill_gemv_q8_0_rows(job.weights, job.stride, job.blockActivations!, Int64(k), job.output, Int64(n),
-                                     Int64(begin), Int64(end), Int64(m))
-                return
-            }
-            var start = begin
-            while start < end {
-                let stop = m == 1 ? end : min(end, start + 16)
-                for i in 0..<m {
-                    let x = job.input + i * k, y = job.output + i * n
-                    let r0 = Int64(start), r1 = Int64(stop), w = job.weights, stride = job.stride
-                    switch job.type {
-                    case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
-                    case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
-                    case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
-                    case .q8_0: quill_gemv_q8_0(w, stride, job.blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
-                    case .q4_0: quill_gemv_q4_0(w, stride, job.pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
-                    }
+            task -= part.tasks
+        }
+    }
+
+    /// Rows `begin..<end` of one matrix of a GEMV job, for every activation row.
+    private static func gemvRows(_ job: GemvJob, _ part: GemvParts.Part, _ begin: Int, _ end: Int) {
+        let m = job.rows, k = job.k, n = part.rows
+        // Quantized weights and several rows: each weight block unpacked once for all rows.
+        if job.type == .q4_0 && m > 1 {
+            quill_gemv_q4_0_rows(part.weights, part.stride, job.pairActivations!, Int64(k), part.output, Int64(n),
+                                 Int64(begin), Int64(end), Int64(m))
+            return
+        }
+        if job.type == .q8_0 && m > 1 {
+            quill_gemv_q8_0_rows(part.weights, part.stride, job.blockActivations!, Int64(k), part.output, Int64(n),
+                                 Int64(begin), Int64(end), Int64(m))
+            return
+        }
+        var start = begin
+        while start < end {
+            let stop = m == 1 ? end : min(end, start + 16)
+            for i in 0..<m {
+                let x = job.input + i * k, y = part.output + i * n
+                let r0 = Int64(start), r1 = Int64(stop), w = part.weights, stride = part.stride
+                switch job.type {
+                case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
+                case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
+                case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
+                case .q8_0: quill_gemv_q8_0(w, stride, job.blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
+                case .q4_0: quill_gemv_q4_0(w, stride, job.pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
                 }
-                start = stop
+            }
+            start = stop
+        }
+    }
+
+    /// Up to four (weight, output) pairs of a GEMV job, stored inline so that the job, passed
+    /// by value to the pool, needs no heap storage. (`@unchecked Sendable`: raw pointers the
+    /// pool's threads read; without it Swift 6.3's region analysis crashes on this job.)
+    struct GemvParts: @unchecked Sendable {
+        struct Part {
+            var weights: UnsafeRawPointer, stride: Int64, rows: Int
+            /// Row i of the activations writes output + i · rows.
+            var output: UnsafeMutablePointer<Float>
+            /// Weight rows per task, and tasks (set by `divide`).
+            var chunk = 0, tasks = 0
+        }
+        static let capacity = 4
+        private var storage: (Part?, Part?, Part?, Part?) = (nil, nil, nil, nil)
+        private(set) var count = 0
+        private(set) var totalTasks = 0
+
+        mutating func append(_ weight: Tensor, _ output: UnsafeMutablePointer<Float>) {
+            count += 1
+            self[count - 1] = Part(weights: weight.rawPointer, stride: Int64(weight.rowStride), rows: weight.rows, output: output)
+        }
+
+        /// Splits each matrix into 16 chunks per thread (of a multiple of 4 rows, at least 16).
+        mutating func divide(threads: Int) {
+            totalTasks = 0
+            for index in 0..<count {
+                var part = self[index]
+                let n = part.rows
+                part.chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 3) / 4 * 4)
+                part.tasks = (n + part.chunk - 1) / part.chunk
+                totalTasks += part.tasks
+                self[index] = part
+            }
+        }
+
+        /// Part `index` (< count).
+        subscript(index: Int) -> Part {
+            get {
+                switch index {
+                case 0: return storage.0!
+                case 1: return storage.1!
+                case 2: return storage.2!
+                default: return storage.3!
+                }
+            }
+            set {
+                switch index {
+                case 0: storage.0 = newValue
+                case 1: storage.1 = newValue
+                case 2: storage.2 = newValue
+                default: storage.3 = newValue
+                }
             }
         }
     }
 
     /// What a GEMV task reads: everything by value, so the task captures nothing.
-    private struct GemvJob {
-        var weights: UnsafeRawPointer, stride: Int64, type: ElementType
-        var input: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
-        var rows: Int, k: Int, n: Int, chunk: Int
+    private struct GemvJob: @unchecked Sendable {
+        var parts: GemvParts, type: ElementType
+        var input: UnsafeMutablePointer<Float>
+        var rows: Int, k: Int
         var blockActivations: UnsafeMutablePointer<quill_activation_block>?
         var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
     }

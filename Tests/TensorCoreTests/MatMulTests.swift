@@ -94,6 +94,41 @@ import Testing
         }
     }
 
+    /// Several weights sharing an input in one call (q/k/v, gate/up) give exactly what
+    /// separate calls give, on the fused GEMV path (1 and 3 rows, row-wise 9) and on the
+    /// paths that fall back to one call per weight (GEMM rows, mixed types, five weights).
+    @Test(arguments: ElementType.allCases)
+    func fusedWeightsEqualSeparateCalls(type: ElementType) throws {
+        let context = try ComputeContext(threads: 2)
+        let k = 96, counts = [37, 16, 5, 21, 8]
+        let weights = try counts.enumerated().map { try weight(type, n: $1, k: k, seed: UInt64(400 + $0)) }
+        let input = try FloatBuffer(rows: 9, columns: k, values: randomFloats(9 * k, seed: 410, scale: 2))
+        for (m, path, used) in [(1, Kernels.MatmulPath.automatic, 3), (3, .automatic, 2), (9, .rowwise, 4), (9, .automatic, 3), (3, .automatic, 5)] {
+            let fused = try counts.prefix(used).map { try FloatBuffer(rows: 9, columns: $0) }
+            try Kernels.matmul(weights: Array(weights.prefix(used)), input: input, rows: 0..<m, outputs: fused, path: path, context: context)
+            for j in 0..<used {
+                let alone = try FloatBuffer(rows: 9, columns: counts[j])
+                try Kernels.matmul(weight: weights[j], input: input, rows: 0..<m, output: alone, path: path, context: context)
+                for i in 0..<m { #expect(fused[j].values(ofRow: i) == alone.values(ofRow: i), "\(type) m=\(m) weight \(j) row \(i)") }
+            }
+        }
+        // Mixed element types run one by one, with the same results.
+        let mixed = [weights[0], try weight(type == .f32 ? .q8_0 : .f32, n: 7, k: k, seed: 420)]
+        let outputs = try [FloatBuffer(rows: 1, columns: 37), FloatBuffer(rows: 1, columns: 7)]
+        try Kernels.matmul(weights: mixed, input: input, rows: 0..<1, outputs: outputs, path: .automatic, context: context)
+        let alone = try FloatBuffer(rows: 1, columns: 7)
+        try Kernels.matmul(weight: mixed[1], input: input, rows: 0..<1, output: alone, path: .automatic, context: context)
+        #expect(outputs[1].values(ofRow: 0) == alone.values(ofRow: 0))
+        // Bad input throws, naming the weight.
+        #expect(throws: TensorError.self) {
+            try Kernels.matmul(weights: Array(weights.prefix(2)), input: input, rows: 0..<1, outputs: [outputs[0]], path: .automatic, context: context)
+        }
+        #expect(throws: TensorError.self) {
+            try Kernels.matmul(weights: Array(weights.prefix(2)), input: input, rows: 0..<1, outputs: [outputs[0], outputs[0]],
+                               path: .automatic, context: context)
+        }
+    }
+
     @Test func quantizedActivationErrorStaysSmallAgainstFloatInput() throws {
         // The int8 activation costs accuracy; bound it against the unquantized dot product.
         let context = try ComputeContext(threads: 1)
