@@ -4,6 +4,7 @@
 //   python3 Scripts/make_benchmark_ggufs.py /tmp/quill-gguf --llama-quantize /path/to/llama-quantize
 //   swift run --package-path Benchmarks -c release compare-bench --llama-bench /path/to/llama-bench \
 //       --gguf /tmp/quill-gguf [--models llama-1.1b-q4_0,...] [--threads 1,2] [--rounds 3] [--json out.json]
+//       [--depths 1024,4096] [--kinds pp,tg]
 //
 // Tests (tokens/s, median of --rounds): pp128 and pp512 (a prompt into an empty context),
 // tg64 (64 tokens decoded after one), and tg64 at depth 1024 and 4096 (decode after that many
@@ -26,6 +27,8 @@ let depths = option("--depths", "1024,4096").split(separator: ",").compactMap { 
 let models = option("--models", "llama-110m-f16,llama-110m-q8_0,llama-110m-q4_0,llama-1.1b-f16,llama-1.1b-q8_0,llama-1.1b-q4_0,"
                     + "moe-8x-q8_0,moe-8x-q4_0,mamba-130m-f16,mamba-130m-q8_0,mamba-130m-q4_0").split(separator: ",").map(String.init)
 let jsonPath = option("--json", "")
+/// "pp", "tg" or both (the default): which kinds of test to run.
+let kinds = option("--kinds", "pp,tg").split(separator: ",").map(String.init)
 
 /// Runs a program and returns its standard output.
 func execute(_ path: String, _ arguments: [String]) throws -> String {
@@ -106,7 +109,7 @@ final class QuillRunner {
 
     func measure() throws -> [String: Double] {
         var result: [String: Double] = [:]
-        for n in [128, 512] {
+        for n in [128, 512] where kinds.contains("pp") {
             let s = try sequence()
             let prompt = tokens(n)
             let start = seconds()
@@ -114,7 +117,7 @@ final class QuillRunner {
             result["pp\(n)"] = Double(n) / (seconds() - start)
             s.release()
         }
-        for depth in [0] + depths {
+        for depth in [0] + depths where kinds.contains("tg") {
             let s = try sequence()
             var left = depth
             while left > 0 { _ = try s.advance(tokens(min(512, left))); left -= 512 }
