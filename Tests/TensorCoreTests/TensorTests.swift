@@ -109,20 +109,22 @@ import Testing
     @Test func jobThreadIndicesStayWithinTheRunningPool() throws {
         let outer = try ThreadPool(threads: 3), inner = try ThreadPool(threads: 1), pair = try ThreadPool(threads: 2)
         struct Job { var seen: UnsafeMutablePointer<Int32> }
-        let seen = UnsafeMutablePointer<Int32>.allocate(capacity: 64)
-        seen.initialize(repeating: 0, count: 64)
+        // One slot per (pool, outer task, inner task): tasks of one job run on different
+        // threads, so they must not share a slot.
+        let seen = UnsafeMutablePointer<Int32>.allocate(capacity: 2 * 32 * 4)
+        seen.initialize(repeating: 0, count: 2 * 32 * 4)
         defer { seen.deallocate() }
         for (index, pool) in [inner, pair].enumerated() {
             outer.parallelFor(32) { task in
-                // Record (maximum index seen + 1) for this task, through the job form.
-                pool.parallelFor(4, job: Job(seen: seen + index * 32 + task)) { job, _ in
+                // Record (index + 1) for each task, through the job form.
+                pool.parallelFor(4, job: Job(seen: seen + (index * 32 + task) * 4)) { job, innerTask in
                     let job = job!.assumingMemoryBound(to: Job.self).pointee
-                    job.seen.pointee = max(job.seen.pointee, Int32(ThreadPool.currentThreadIndex) + 1)
+                    job.seen[Int(innerTask)] = Int32(ThreadPool.currentThreadIndex) + 1
                 }
             }
         }
-        #expect((0..<32).allSatisfy { seen[$0] == 1 }, "a 1-thread pool's tasks must all see index 0")
-        #expect((32..<64).allSatisfy { seen[$0] >= 1 && seen[$0] <= 2 })
+        #expect((0..<128).allSatisfy { seen[$0] == 1 }, "a 1-thread pool's tasks must all see index 0")
+        #expect((128..<256).allSatisfy { seen[$0] >= 1 && seen[$0] <= 2 })
         #expect(ThreadPool.currentThreadIndex == 0)
     }
 
