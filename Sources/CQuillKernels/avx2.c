@@ -146,6 +146,65 @@ FLOAT_GEMV(quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
 FLOAT_GEMV(quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
 FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
 
+// Two activation rows against the same two weight rows: each weight vector is loaded (and
+// converted) once for both. Every (weight row, activation row) pair keeps its own a/b
+// accumulators with exactly FLOAT_GEMV's 4-row-group arithmetic, so results are bit-identical.
+#define FLOAT_PAIR(ELEM, LOAD8, SCALAR)                                                              \
+    static inline QUILL_AVX2 void float_pair_##ELEM##_##LOAD8(const ELEM *p0, const ELEM *p1, const float *x0, \
+                                                             const float *x1, int64_t k, float *y0, float *y1) { \
+        __m256 a00 = _mm256_setzero_ps(), b00 = a00, a01 = a00, b01 = a00, a10 = a00, b10 = a00, a11 = a00, b11 = a00; \
+        int64_t i = 0;                                                                               \
+        for (; i + 16 <= k; i += 16) {                                                               \
+            const __m256 w0 = LOAD8(p0 + i), v0 = LOAD8(p0 + i + 8), w1 = LOAD8(p1 + i), v1 = LOAD8(p1 + i + 8); \
+            const __m256 xa = _mm256_loadu_ps(x0 + i), xb = _mm256_loadu_ps(x0 + i + 8);             \
+            const __m256 za = _mm256_loadu_ps(x1 + i), zb = _mm256_loadu_ps(x1 + i + 8);             \
+            a00 = _mm256_fmadd_ps(w0, xa, a00); b00 = _mm256_fmadd_ps(v0, xb, b00);                  \
+            a10 = _mm256_fmadd_ps(w1, xa, a10); b10 = _mm256_fmadd_ps(v1, xb, b10);                  \
+            a01 = _mm256_fmadd_ps(w0, za, a01); b01 = _mm256_fmadd_ps(v0, zb, b01);                  \
+            a11 = _mm256_fmadd_ps(w1, za, a11); b11 = _mm256_fmadd_ps(v1, zb, b11);                  \
+        }                                                                                            \
+        for (; i + 8 <= k; i += 8) {                                                                 \
+            const __m256 w0 = LOAD8(p0 + i), w1 = LOAD8(p1 + i);                                     \
+            const __m256 xa = _mm256_loadu_ps(x0 + i), za = _mm256_loadu_ps(x1 + i);                 \
+            a00 = _mm256_fmadd_ps(w0, xa, a00); a10 = _mm256_fmadd_ps(w1, xa, a10);                  \
+            a01 = _mm256_fmadd_ps(w0, za, a01); a11 = _mm256_fmadd_ps(w1, za, a11);                  \
+        }                                                                                            \
+        float s00 = hsum256(_mm256_add_ps(a00, b00)), s10 = hsum256(_mm256_add_ps(a10, b10));       \
+        float s01 = hsum256(_mm256_add_ps(a01, b01)), s11 = hsum256(_mm256_add_ps(a11, b11));       \
+        for (; i < k; i++) {                                                                         \
+            s00 += SCALAR(p0[i]) * x0[i]; s10 += SCALAR(p1[i]) * x0[i];                              \
+            s01 += SCALAR(p0[i]) * x1[i]; s11 += SCALAR(p1[i]) * x1[i];                              \
+        }                                                                                            \
+        y0[0] = s00; y0[1] = s10; y1[0] = s01; y1[1] = s11;                                          \
+    }
+
+// m activation rows (x: m rows of k floats; y row i at y + i·ys), two at a time through
+// FLOAT_PAIR for the weight rows FLOAT_GEMV takes in groups of four, and the rest (an odd
+// activation row, the tail weight rows) through FLOAT_GEMV itself: bit-identical per row.
+#define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR)                                           \
+    FLOAT_PAIR(ELEM, LOAD8, SCALAR)                                                                  \
+    void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys,    \
+                         int64_t r0, int64_t r1, int64_t m) {                                        \
+        const int64_t grouped = r0 + (r1 - r0) / 4 * 4;                                              \
+        int64_t j = 0;                                                                               \
+        for (; j + 2 <= m; j += 2) {                                                                 \
+            const float *x0 = x + j * k, *x1 = x0 + k;                                               \
+            float *y0 = y + j * ys, *y1 = y0 + ys;                                                   \
+            for (int64_t r = r0; r < grouped; r += 2) {                                              \
+                const ELEM *p0 = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);          \
+                const ELEM *p1 = (const ELEM *)(const void *)((const uint8_t *)p0 + rs);             \
+                float_pair_##ELEM##_##LOAD8(p0, p1, x0, x1, k, y0 + r, y1 + r);                      \
+            }                                                                                        \
+            SINGLE(w, rs, x0, k, y0, grouped, r1);                                                   \
+            SINGLE(w, rs, x1, k, y1, grouped, r1);                                                   \
+        }                                                                                            \
+        if (j < m) SINGLE(w, rs, x + j * k, k, y + j * ys, r0, r1);                                  \
+    }
+
+FLOAT_GEMV_ROWS(quill_gemv_f32_rows_avx2, quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
+FLOAT_GEMV_ROWS(quill_gemv_f16_rows_avx2, quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
+FLOAT_GEMV_ROWS(quill_gemv_bf16_rows_avx2, quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
+
 // MARK: - Quantized GEMV (int8 dot products, as ggml does)
 //
 // Measured on Zen 3: these kernels are limited by the two shuffle pipes, so block scales

@@ -50,6 +50,9 @@ void quill_f32_to_f16_avx2(const float *, uint16_t *, int64_t n, int64_t stride)
 void quill_gemv_f32_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_f16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_bf16_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t);
+void quill_gemv_f32_rows_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
+void quill_gemv_f16_rows_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
+void quill_gemv_bf16_rows_avx2(const void *, int64_t, const float *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);
 void quill_gemv_q8_0_avx2(const void *, int64_t, const quill_activation_block *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_q4_0_avx2(const void *, int64_t, const quill_activation_pair *, int64_t, float *, int64_t, int64_t);
 void quill_gemv_q8_0_rows_avx2(const void *, int64_t, const quill_activation_block *, int64_t, float *, int64_t, int64_t, int64_t, int64_t);

@@ -172,6 +172,19 @@ public enum Kernels {
         var start = begin
         while start < end {
             let stop = m == 1 ? end : min(end, start + 16)
+            // Float weights and several rows: 16 weight rows at a time (they stay in L1), two
+            // activation rows sharing each weight load. Groups of 4 rows start at `begin` as
+            // with one row, so the results are the same.
+            if m > 1 && (job.type == .f32 || job.type == .f16 || job.type == .bf16) {
+                let w = part.weights, stride = part.stride, r0 = Int64(start), r1 = Int64(stop), y = part.output
+                switch job.type {
+                case .f32: quill_gemv_f32_rows(w, stride, job.input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+                case .f16: quill_gemv_f16_rows(w, stride, job.input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+                default: quill_gemv_bf16_rows(w, stride, job.input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+                }
+                start = stop
+                continue
+            }
             for i in 0..<m {
                 let x = job.input + i * k, y = part.output + i * n
                 let r0 = Int64(start), r1 = Int64(stop), w = part.weights, stride = part.stride

@@ -82,6 +82,14 @@ void quill_gemv_f16(const void *w, int64_t row_stride, const float *x, int64_t k
                     float *y, int64_t row_begin, int64_t row_end);
 void quill_gemv_bf16(const void *w, int64_t row_stride, const float *x, int64_t k,
                      float *y, int64_t row_begin, int64_t row_end);
+/// m activation rows at once (x: m rows of k floats; y: row i at y + i·y_stride), two rows
+/// sharing each weight load; bit-identical to the single-row kernel per row.
+void quill_gemv_f32_rows(const void *w, int64_t row_stride, const float *x, int64_t k, float *y, int64_t y_stride,
+                         int64_t row_begin, int64_t row_end, int64_t m);
+void quill_gemv_f16_rows(const void *w, int64_t row_stride, const float *x, int64_t k, float *y, int64_t y_stride,
+                         int64_t row_begin, int64_t row_end, int64_t m);
+void quill_gemv_bf16_rows(const void *w, int64_t row_stride, const float *x, int64_t k, float *y, int64_t y_stride,
+                          int64_t row_begin, int64_t row_end, int64_t m);
 /// Quantized weights dotted against an activation quantized by quill_quantize_activation.
 void quill_gemv_q8_0(const void *w, int64_t row_stride, const quill_activation_block *x, int64_t k,
                      float *y, int64_t row_begin, int64_t row_end);
