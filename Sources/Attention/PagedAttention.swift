@@ -43,6 +43,20 @@ public enum PagedAttention {
         let attentionScale = scale ?? 1 / Float(d).squareRoot()
         let kvType: Int32 = c.elementType == .f16 ? 1 : 0
         let scratch = try context.perThreadScratch(bytes: scratchCount * MemoryLayout<Float>.stride)
+        // Split-K: when a decode step's (KV head × query tile) tasks cannot keep every thread
+        // busy twice over (MQA, few KV heads, many cores) and the context is long, each head's
+        // blocks are split into segments computed in parallel and merged afterwards.
+        let spanned = (firstPosition + n - 1) / c.blockSize + 1
+        let threads = context.threadCount
+        var segments = 1
+        if tiles == 1 && c.keyValueHeads * tiles < 2 * threads && spanned >= 2 * minimumSegmentBlocks {
+            segments = min((2 * threads + c.keyValueHeads - 1) / c.keyValueHeads, spanned / minimumSegmentBlocks)
+        }
+        let partialFloats = n * group * (d + 2)
+        let partials = segments > 1
+            ? try context.sharedScratch(bytes: c.keyValueHeads * segments * partialFloats * MemoryLayout<Float>.stride)
+                .bindMemory(to: Float.self, capacity: c.keyValueHeads * segments * partialFloats)
+            : nil
         // Int is Int64 on every platform Quill builds for, so the table goes to C without a copy.
         table.withUnsafeBufferPointer { $0.withMemoryRebound(to: Int64.self) { blockTable in
             let job = AttentionJob(queries: queries.pointer, output: output.pointer, rowStride: Int64(queries.columns),
@@ -51,7 +65,19 @@ public enum PagedAttention {
                                    values: cache.run(block: 0, layer: layer, head: 0, values: true),
                                    headBytes: cache.run(block: 0, layer: 0, head: 1, values: false) - cache.run(block: 0, layer: 0, head: 0, values: false),
                                    runBytes: Int64(c.runBytes), blockTable: blockTable.baseAddress!, blockSize: Int64(c.blockSize),
-                                   window: Int64(window ?? 0), scale: attentionScale, kvType: kvType, scratch: scratch)
+                                   window: Int64(window ?? 0), scale: attentionScale, kvType: kvType, scratch: scratch,
+                                   segments: segments, spannedBlocks: spanned, partials: partials, partialFloats: partialFloats)
+            if segments > 1 {
+                context.pool.parallelFor(c.keyValueHeads * segments, job: job) { job, task in
+                    PagedAttention.segmentTask(job!.assumingMemoryBound(to: AttentionJob.self).pointee, Int(task))
+                }
+                for head in 0..<c.keyValueHeads {
+                    let offset = firstRow * queries.columns + head * group * d
+                    quill_attention_combine(partials! + head * segments * partialFloats, Int64(segments), Int64(n * group),
+                                            Int64(group), Int64(d), output.pointer + offset, Int64(queries.columns))
+                }
+                return
+            }
             context.pool.parallelFor(c.keyValueHeads * tiles, job: job) { job, task in
                 let job = job!.assumingMemoryBound(to: AttentionJob.self).pointee
                 let head = Int(task) / job.tiles, tile = Int(task) % job.tiles
@@ -66,6 +92,22 @@ public enum PagedAttention {
         } }
     }
 
+    /// Blocks per split-K segment at least: shorter ones cost more to merge than they save.
+    static let minimumSegmentBlocks = 16
+
+    /// One split-K task: segment `task % segments` of KV head `task / segments`'s blocks, for
+    /// all the step's rows (one query tile), into its slot of the partials.
+    private static func segmentTask(_ job: AttentionJob, _ task: Int) {
+        let head = task / job.segments, segment = task % job.segments
+        let begin = segment * job.spannedBlocks / job.segments, end = (segment + 1) * job.spannedBlocks / job.segments
+        let offset = job.firstRow * Int(job.rowStride) + head * job.group * job.headDimension
+        quill_attention_paged_partial(job.queries + offset, job.rowStride, Int64(job.rows), Int64(job.group), Int64(job.headDimension),
+                                      job.keys + head * job.headBytes, job.values + head * job.headBytes, job.runBytes,
+                                      job.blockTable, job.blockSize, Int64(job.firstPosition), job.window, job.scale, job.kvType,
+                                      job.scratch[ThreadPool.currentThreadIndex]!.assumingMemoryBound(to: Float.self),
+                                      Int64(begin), Int64(end), job.partials! + task * job.partialFloats)
+    }
+
     /// What an attention task reads: everything by value, so the task captures nothing.
     private struct AttentionJob {
         var queries: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>, rowStride: Int64
@@ -75,5 +117,8 @@ public enum PagedAttention {
         var runBytes: Int64, blockTable: UnsafePointer<Int64>, blockSize: Int64, window: Int64
         var scale: Float, kvType: Int32
         var scratch: UnsafePointer<UnsafeMutableRawPointer?>
+        /// Split-K: segments per head (1: off), the blocks they divide, and each task's
+        /// partial results ([head][segment][rows × group][d + 2]).
+        var segments: Int, spannedBlocks: Int, partials: UnsafeMutablePointer<Float>?, partialFloats: Int
     }
 }

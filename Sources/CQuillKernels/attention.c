@@ -4,6 +4,7 @@
 // values are stored by token ([block_size][head_dim]) for the weighted sum.
 #include "internal.h"
 #include <math.h>
+#include <stdint.h>
 
 // scores[g * bs + j] = scale * q_g · k_j for j < bs, g < group; kT is [d][bs] floats.
 static void block_scores_scalar(const float *q, int64_t group, const float *kT, int64_t d, int64_t bs, float scale, float *scores) {
@@ -179,10 +180,13 @@ BLOCK_PV_GROUP(block_pv_group_f32_avx2, float, LOAD_F32, block_pv_f32_avx2)
 BLOCK_PV_GROUP(block_pv_group_f16_avx2, uint16_t, LOAD_F16, block_pv_f16_avx2)
 #endif
 
-void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
-                           const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
-                           int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
-                           float *scratch) {
+// Attention over the table's blocks [block_begin, block_end) only; with `partial`, each
+// row's unnormalized accumulator, running maximum and sum are written there ([rows][d + 2])
+// for quill_attention_combine instead of the normalized output.
+static void attention_range(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
+                            const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
+                            int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
+                            float *scratch, int64_t block_begin, int64_t block_end, float *partial) {
     // The AVX2 kernels read F32 or F16 blocks in place; the scalar path converts F16 blocks
     // into scratch first.
     int vector = 0;
@@ -207,7 +211,7 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
     }
     const int64_t last_position = first_position + n_queries - 1;
     const int64_t lowest = window > 0 && first_position - window + 1 > 0 ? first_position - window + 1 : 0;
-    for (int64_t b = lowest / bs; b * bs <= last_position; b++) {
+    for (int64_t b = lowest / bs > block_begin ? lowest / bs : block_begin; b * bs <= last_position && b < block_end; b++) {
         const float *kT = (const float *)(const void *)((const uint8_t *)k_base + blocks[b] * block_stride);
         const float *v = (const float *)(const void *)((const uint8_t *)v_base + blocks[b] * block_stride);
         if (kv_type == 1 && !vector) {  // the scalar path converts the block once
@@ -273,9 +277,59 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
                     block_pv_scalar(acc + (qi * group + g) * d, scores + g * bs + first, (const float *)rows_v, count, d);
         }
     }
+    if (partial) {
+        for (int64_t r = 0; r < rows; r++) {
+            float *p = partial + r * (d + 2);
+            for (int64_t i = 0; i < d; i++) p[i] = acc[r * d + i];
+            p[d] = running_max[r];
+            p[d + 1] = running_sum[r];
+        }
+        return;
+    }
     for (int64_t r = 0; r < rows; r++) {
         const float inverse = running_sum[r] > 0 ? 1.0f / running_sum[r] : 0.0f;
         float *o = out + (r / group) * row_stride + (r % group) * d;
         for (int64_t i = 0; i < d; i++) o[i] = acc[r * d + i] * inverse;
+    }
+}
+
+void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
+                           const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
+                           int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
+                           float *scratch) {
+    attention_range(q, out, row_stride, n_queries, group, d, k_base, v_base, block_stride, blocks, block_size,
+                    first_position, window, scale, kv_type, scratch, 0, INT64_MAX, NULL);
+}
+
+void quill_attention_paged_partial(const float *q, int64_t row_stride, int64_t n_queries, int64_t group, int64_t d,
+                                   const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
+                                   int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
+                                   float *scratch, int64_t block_begin, int64_t block_end, float *partial) {
+    attention_range(q, NULL, row_stride, n_queries, group, d, k_base, v_base, block_stride, blocks, block_size,
+                    first_position, window, scale, kv_type, scratch, block_begin, block_end, partial);
+}
+
+void quill_attention_combine(const float *partials, int64_t segments, int64_t rows, int64_t group, int64_t d, float *out,
+                             int64_t row_stride) {
+    const int64_t segment_floats = rows * (d + 2);
+    for (int64_t r = 0; r < rows; r++) {
+        float maximum = -INFINITY;
+        for (int64_t s = 0; s < segments; s++) {
+            const float m = partials[s * segment_floats + r * (d + 2) + d];
+            maximum = m > maximum ? m : maximum;
+        }
+        float *o = out + (r / group) * row_stride + (r % group) * d;
+        for (int64_t i = 0; i < d; i++) o[i] = 0;
+        float total = 0;
+        if (maximum == -INFINITY) continue;  // no visible key: zeros, as the unsplit kernel gives
+        for (int64_t s = 0; s < segments; s++) {
+            const float *p = partials + s * segment_floats + r * (d + 2);
+            if (p[d] == -INFINITY) continue;
+            const float weight = expf(p[d] - maximum);
+            total += p[d + 1] * weight;
+            for (int64_t i = 0; i < d; i++) o[i] += p[i] * weight;
+        }
+        const float inverse = total > 0 ? 1.0f / total : 0.0f;
+        for (int64_t i = 0; i < d; i++) o[i] *= inverse;
     }
 }

@@ -104,6 +104,11 @@ public final class ComputeContext {
         return UnsafePointer(tilePointers)
     }
 
+    /// At least `bytes` of scratch memory shared by a kernel's tasks (each writing its own
+    /// part), for kernels in other modules. Grow-only; holds nothing across calls.
+    public func sharedScratch(bytes: Int) throws -> UnsafeMutableRawPointer { try shared.reserve(bytes) }
+    private let shared = Scratch()
+
     /// Threads available to each kernel.
     public var threadCount: Int { pool.threadCount }
 }

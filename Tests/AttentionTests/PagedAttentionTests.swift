@@ -89,6 +89,26 @@ import Testing
         }
     }
 
+    /// Decode and verify steps over long contexts with 2 KV heads have fewer tasks than
+    /// 2 × threads, so each head's blocks are split into segments (split-K) and merged; with
+    /// a window, the early segments see no key at all. Both kernel levels.
+    @Test(arguments: [KernelLevel.scalar, .avx2], [(d: 64, group: 1), (d: 80, group: 8)])
+    func splitKeyRangesMatchReference(level: KernelLevel, shape: (d: Int, group: Int)) throws {
+        for (length, rows) in [(1000, 1), (700, 5), (513, 1)] {
+            let s = try Self.setup(headDimension: shape.d, group: shape.group, length: length, rows: rows, seed: UInt64(length + rows))
+            for window in [nil, 100] as [Int?] {
+                let expected = try Self.reference(s, rows: rows, firstPosition: length - rows, window: window)
+                for threads in [1, 2, 4] {
+                    let output = try KernelLevel.withThreadLevel(level) {
+                        try Self.run(s, rows: rows, firstPosition: length - rows, window: window, threads: threads)
+                    }
+                    let worst = zip(output.values(), expected).map { abs(Double($0) - $1) }.max() ?? 0
+                    #expect(worst <= 1e-5, "\(level) d=\(shape.d) group=\(shape.group) length=\(length) rows=\(rows) window=\(window.map(String.init) ?? "none") threads=\(threads): \(worst)")
+                }
+            }
+        }
+    }
+
     /// The portable path (CPUs without AVX2), on the calling thread of a one-thread pool.
     @Test(arguments: [ElementType.f32, .f16])
     func scalarPathMatchesReference(type: ElementType) throws {

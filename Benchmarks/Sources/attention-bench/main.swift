@@ -4,7 +4,7 @@
 //  2. prefill attention vs a naive implementation that materializes the score matrix;
 //  3. KV memory held by the paged cache vs contiguous max-length allocation.
 //
-//   swift run -c release attention-bench [--threads 2] [--only decode|prefill|memory] [--contexts 256,1024]
+//   swift run -c release attention-bench [--threads 2] [--only decode|prefill|memory] [--contexts 256,1024] [--kv-heads 4]
 import BenchKit
 import Foundation
 import Quill
@@ -17,7 +17,7 @@ let contexts = option("--contexts", "256,1024,2048,4096,8192").split(separator: 
 
 // MARK: 1. Decode
 
-let layers = 22, kvHeads = 4, heads = 32, d = 64
+let layers = 22, kvHeads = Int(option("--kv-heads", "4"))!, heads = 32, d = 64
 if only == "all" || only == "decode" {
 let measured = measureBandwidth(pool: context.pool)
 print(String(format: "DRAM read bandwidth, %d threads: %.1f GB/s", threads, measured))

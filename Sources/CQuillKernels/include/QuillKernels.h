@@ -163,6 +163,18 @@ void quill_attention_paged(const float *q, float *out, int64_t row_stride, int64
                            int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
                            float *scratch);
 
+/// quill_attention_paged over the table's blocks [block_begin, block_end) only (split-K): each
+/// row's unnormalized accumulator, running maximum and running sum go to partial, [rows][d + 2]
+/// with rows = n_queries * group.
+void quill_attention_paged_partial(const float *q, int64_t row_stride, int64_t n_queries, int64_t group, int64_t head_dim,
+                                   const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
+                                   int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
+                                   float *scratch, int64_t block_begin, int64_t block_end, float *partial);
+/// Merges `segments` consecutive partial results ([segments][rows][d + 2]) into the normalized
+/// output, laid out as quill_attention_paged writes it.
+void quill_attention_combine(const float *partials, int64_t segments, int64_t rows, int64_t group, int64_t head_dim,
+                             float *out, int64_t row_stride);
+
 // MARK: - Mamba
 
 /// Operands of Mamba's selective scan over `tokens` consecutive tokens (rows of the
