@@ -46,11 +46,13 @@ public enum PagedAttention {
         // Split-K: when a decode step's (KV head × query tile) tasks cannot keep every thread
         // busy twice over (MQA, few KV heads, many cores) and the context is long, each head's
         // blocks are split into segments computed in parallel and merged afterwards.
-        let spanned = (firstPosition + n - 1) / c.blockSize + 1
+        // Only the blocks a sliding window leaves visible to the first row are divided.
+        let firstBlock = window.map { max(0, firstPosition - $0 + 1) / c.blockSize } ?? 0
+        let visibleBlocks = (firstPosition + n - 1) / c.blockSize + 1 - firstBlock
         let threads = context.threadCount
         var segments = 1
-        if tiles == 1 && c.keyValueHeads * tiles < 2 * threads && spanned >= 2 * minimumSegmentBlocks {
-            segments = min((2 * threads + c.keyValueHeads - 1) / c.keyValueHeads, spanned / minimumSegmentBlocks)
+        if tiles == 1 && c.keyValueHeads * tiles < 2 * threads && visibleBlocks >= 2 * minimumSegmentBlocks {
+            segments = min((2 * threads + c.keyValueHeads - 1) / c.keyValueHeads, visibleBlocks / minimumSegmentBlocks)
         }
         let partialFloats = n * group * (d + 2)
         let partials = segments > 1
@@ -66,7 +68,8 @@ public enum PagedAttention {
                                    headBytes: cache.run(block: 0, layer: 0, head: 1, values: false) - cache.run(block: 0, layer: 0, head: 0, values: false),
                                    runBytes: Int64(c.runBytes), blockTable: blockTable.baseAddress!, blockSize: Int64(c.blockSize),
                                    window: Int64(window ?? 0), scale: attentionScale, kvType: kvType, scratch: scratch,
-                                   segments: segments, spannedBlocks: spanned, partials: partials, partialFloats: partialFloats)
+                                   segments: segments, firstBlock: firstBlock, visibleBlocks: visibleBlocks, partials: partials,
+                                   partialFloats: partialFloats)
             if segments > 1 {
                 context.pool.parallelFor(c.keyValueHeads * segments, job: job) { job, task in
                     PagedAttention.segmentTask(job!.assumingMemoryBound(to: AttentionJob.self).pointee, Int(task))
@@ -99,7 +102,8 @@ public enum PagedAttention {
     /// all the step's rows (one query tile), into its slot of the partials.
     private static func segmentTask(_ job: AttentionJob, _ task: Int) {
         let head = task / job.segments, segment = task % job.segments
-        let begin = segment * job.spannedBlocks / job.segments, end = (segment + 1) * job.spannedBlocks / job.segments
+        let begin = job.firstBlock + segment * job.visibleBlocks / job.segments
+        let end = job.firstBlock + (segment + 1) * job.visibleBlocks / job.segments
         let offset = job.firstRow * Int(job.rowStride) + head * job.group * job.headDimension
         quill_attention_paged_partial(job.queries + offset, job.rowStride, Int64(job.rows), Int64(job.group), Int64(job.headDimension),
                                       job.keys + head * job.headBytes, job.values + head * job.headBytes, job.runBytes,
@@ -117,8 +121,8 @@ public enum PagedAttention {
         var runBytes: Int64, blockTable: UnsafePointer<Int64>, blockSize: Int64, window: Int64
         var scale: Float, kvType: Int32
         var scratch: UnsafePointer<UnsafeMutableRawPointer?>
-        /// Split-K: segments per head (1: off), the blocks they divide, and each task's
-        /// partial results ([head][segment][rows × group][d + 2]).
-        var segments: Int, spannedBlocks: Int, partials: UnsafeMutablePointer<Float>?, partialFloats: Int
+        /// Split-K: segments per head (1: off), the blocks they divide (from `firstBlock`),
+        /// and each task's partial results ([head][segment][rows × group][d + 2]).
+        var segments: Int, firstBlock: Int, visibleBlocks: Int, partials: UnsafeMutablePointer<Float>?, partialFloats: Int
     }
 }

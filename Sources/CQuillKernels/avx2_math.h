@@ -72,7 +72,9 @@ static inline QUILL_AVX2 __m256 softplus256(__m256 x) {
     const __m256 exact = _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_EQ_OQ);
     const __m256 ratio = _mm256_blendv_ps(_mm256_div_ps(w, d), one, exact);
     const __m256 log1p = _mm256_blendv_ps(_mm256_mul_ps(log256(u), ratio), w, exact);
-    return _mm256_blendv_ps(log1p, x, _mm256_cmp_ps(x, _mm256_set1_ps(20.0f), _CMP_GT_OQ));
+    // x itself above the threshold, and for NaN (which the clamps above would make finite).
+    const __m256 passthrough = _mm256_or_ps(_mm256_cmp_ps(x, _mm256_set1_ps(20.0f), _CMP_GT_OQ), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    return _mm256_blendv_ps(log1p, x, passthrough);
 }
 
 // x · sigmoid(x).

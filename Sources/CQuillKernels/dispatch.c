@@ -76,27 +76,20 @@ void quill_gemv_bf16(const void *w, int64_t rs, const float *x, int64_t k, float
 }
 
 // m activation rows; the scalar path is the single-row kernel once per row.
+#ifdef QUILL_X86
+#define FLOAT_ROWS_AVX2(NAME, ...) if (quill_kernel_level() == 1) { NAME##_avx2(__VA_ARGS__); return; }
+#else
+#define FLOAT_ROWS_AVX2(NAME, ...)
+#endif
 #define FLOAT_ROWS_DISPATCH(NAME, SINGLE)                                                               \
     void NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys, int64_t r0,    \
               int64_t r1, int64_t m) {                                                                  \
-        if (quill_kernel_level() == 1) { NAME##_avx2(w, rs, x, k, y, ys, r0, r1, m); return; }          \
+        FLOAT_ROWS_AVX2(NAME, w, rs, x, k, y, ys, r0, r1, m)                                            \
         for (int64_t j = 0; j < m; j++) SINGLE##_scalar(w, rs, x + j * k, k, y + j * ys, r0, r1);      \
     }
-#ifdef QUILL_X86
 FLOAT_ROWS_DISPATCH(quill_gemv_f32_rows, quill_gemv_f32)
 FLOAT_ROWS_DISPATCH(quill_gemv_f16_rows, quill_gemv_f16)
 FLOAT_ROWS_DISPATCH(quill_gemv_bf16_rows, quill_gemv_bf16)
-#else
-void quill_gemv_f32_rows(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
-    for (int64_t j = 0; j < m; j++) quill_gemv_f32_scalar(w, rs, x + j * k, k, y + j * ys, r0, r1);
-}
-void quill_gemv_f16_rows(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
-    for (int64_t j = 0; j < m; j++) quill_gemv_f16_scalar(w, rs, x + j * k, k, y + j * ys, r0, r1);
-}
-void quill_gemv_bf16_rows(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys, int64_t r0, int64_t r1, int64_t m) {
-    for (int64_t j = 0; j < m; j++) quill_gemv_bf16_scalar(w, rs, x + j * k, k, y + j * ys, r0, r1);
-}
-#endif
 void quill_gemv_q8_0(const void *w, int64_t rs, const quill_activation_block *x, int64_t k, float *y,
                      int64_t r0, int64_t r1) {
     DISPATCH(quill_gemv_q8_0, w, rs, x, k, y, r0, r1);

@@ -315,28 +315,11 @@ public final class TransformerModel {
     /// Logits for every position of `tokens` as a fresh sequence (evaluation and scoring),
     /// processed in chunks of `maximumTokens`: [tokens.count][vocabulary].
     public func logits(for tokens: [Int], cache: PagedKVCache) throws -> [Float] {
-        let sequence = cache.makeSequence()
-        defer { try? cache.release(sequence) }
-        var result: [Float] = []
-        result.reserveCapacity(tokens.count * configuration.vocabularySize)
-        var start = 0
-        while start < tokens.count {
-            let end = min(tokens.count, start + maximumTokens)
-            result += try forward(Array(tokens[start..<end]), sequence: sequence, cache: cache, allLogits: true)
-            start = end
-        }
-        return result
+        try TransformerWithCache(self, cache: cache).logits(for: tokens)
     }
 
     /// exp(mean negative log-likelihood) of each token given the ones before it.
     public func perplexity(of tokens: [Int], cache: PagedKVCache) throws -> Double {
-        guard tokens.count >= 2 else { throw ModelError.tooManyTokens(count: tokens.count, maximum: 2) }
-        let logits = try self.logits(for: tokens, cache: cache)
-        let vocabulary = configuration.vocabularySize
-        var perplexity = Perplexity()
-        for position in 0..<(tokens.count - 1) {
-            try perplexity.add(logits[position * vocabulary..<(position + 1) * vocabulary], next: tokens[position + 1])
-        }
-        return perplexity.value
+        try TransformerWithCache(self, cache: cache).perplexity(of: tokens)
     }
 }

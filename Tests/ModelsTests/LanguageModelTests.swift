@@ -69,7 +69,6 @@ import Testing
     func rollbackReturnsToAnEarlierLength(name: String) throws {
         let reference = try TransformerParityTests.reference(name)
         let model = try Self.languageModel(name)
-        let vocabulary = model.vocabularySize
         let (sequence, _) = model.makeSequence(reusingPrefixOf: [])
         try model.reserve(sequence, tokens: 12)
         _ = try model.step([ModelInput(sequence: sequence, tokens: Array(reference.prompt[..<8]))])
@@ -86,7 +85,6 @@ import Testing
         try model.rollback(sequence, to: 8)
         let again = Array(try model.step([ModelInput(sequence: sequence, tokens: [reference.prompt[8]])])[0])
         #expect(TransformerParityTests.maximumDifference(again[...], reference.logits[8]) <= 1e-4)
-        #expect(Self.row(again, 0, vocabulary).count == vocabulary)
         // Mamba keeps only saved points; a transformer can go anywhere shorter.
         if model.rollsBackToAnyLength {
             try model.rollback(sequence, to: 3)

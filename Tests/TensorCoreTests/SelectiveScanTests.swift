@@ -57,6 +57,27 @@ import Testing
         }
     }
 
+    /// A NaN step input stays NaN on both paths (the vector softplus clamps its argument
+    /// and would otherwise turn it into a finite step), and leaves the other channels alone.
+    @Test(arguments: [KernelLevel.scalar, .avx2])
+    func nanStepPropagates(level: KernelLevel) throws {
+        let (inner, n) = (8, 16)
+        let delta = try FloatBuffer(rows: 1, columns: inner, values: (0..<inner).map { $0 == 3 ? .nan : 0.5 })
+        let u = try FloatBuffer(rows: 1, columns: inner, values: [Float](repeating: 1, count: inner))
+        let bc = try FloatBuffer(rows: 1, columns: 2 * n, values: [Float](repeating: 0.5, count: 2 * n))
+        let z = try FloatBuffer(rows: 1, columns: inner, values: [Float](repeating: 1, count: inner))
+        let y = try FloatBuffer(rows: 1, columns: inner)
+        var h = [Float](repeating: 0, count: inner * n)
+        try KernelLevel.withThreadLevel(level) {
+            try Kernels.selectiveScan(state: &h, a: [Float](repeating: -1, count: inner * n), dtBias: [Float](repeating: 0, count: inner),
+                                      d: [Float](repeating: 1, count: inner), delta: delta, bc: bc, bcColumn: 0, u: u, z: z, zColumn: 0,
+                                      output: y, rows: 0..<1, states: n, context: try ComputeContext(threads: 1))
+        }
+        let values = y.values(ofRow: 0)
+        #expect(values[3].isNaN, "\(level)")
+        #expect(values.enumerated().allSatisfy { $0.offset == 3 || $0.element.isFinite }, "\(level)")
+    }
+
     /// The causal depthwise convolution against its definition (taps over the previous
     /// kernel−1 inputs, zeros before the first), in one call or split across calls.
     @Test func causalConvolutionMatchesItsDefinition() throws {
