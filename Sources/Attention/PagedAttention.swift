@@ -41,7 +41,7 @@ public enum PagedAttention {
         let tiles = (n + queryTile - 1) / queryTile
         let scratchCount = queryTile * group * (d + 2) + c.blockSize * (group + 2 * d)
         let attentionScale = scale ?? 1 / Float(d).squareRoot()
-        let kvType: Int32 = c.elementType == .f16 ? 1 : 0
+        let kvType: Int32 = c.elementType == .q8_0 ? 2 : c.elementType == .f16 ? 1 : 0
         let scratch = try context.perThreadScratch(bytes: scratchCount * MemoryLayout<Float>.stride)
         // Split-K: when a decode step's (KV head × query tile) tasks cannot keep every thread
         // busy twice over (MQA, few KV heads, many cores) and the context is long, each head's

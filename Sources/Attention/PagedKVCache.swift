@@ -39,7 +39,8 @@ public struct KVCacheConfiguration: Sendable, Equatable {
     public var headDimension: Int
     /// Tokens per block (vLLM's default, 16).
     public var blockSize: Int
-    /// F32 or F16 (the default: half the memory, accumulation stays in F32).
+    /// F32, F16 (the default: half of F32's memory) or Q8_0 (about half of F16's; needs a
+    /// head dimension that is a multiple of 32). Softmax and accumulation stay in F32.
     public var elementType: ElementType
     /// Bytes the pool may use; the pool holds as many whole blocks as fit.
     public var memoryBudget: Int
@@ -56,7 +57,7 @@ public struct KVCacheConfiguration: Sendable, Equatable {
     }
 
     /// Bytes of one (layer, K or V, head) run of `blockSize` tokens.
-    public var runBytes: Int { blockSize * headDimension * elementType.blockBytes }
+    public var runBytes: Int { blockSize * (headDimension / elementType.blockSize) * elementType.blockBytes }
     /// Bytes of one block: every layer's keys and values for `blockSize` tokens.
     public var blockBytes: Int { layers * 2 * keyValueHeads * runBytes }
 }
@@ -120,11 +121,14 @@ public final class PagedKVCache {
         guard c.layers > 0, c.keyValueHeads > 0, c.headDimension > 0, c.blockSize > 0 else {
             throw KVCacheError.invalidConfiguration("layers, heads, head dimension and block size must be positive")
         }
-        guard c.elementType == .f32 || c.elementType == .f16 else {
-            throw KVCacheError.invalidConfiguration("element type \(c.elementType) (F32 or F16)")
+        guard [.f32, .f16, .q8_0].contains(c.elementType) else {
+            throw KVCacheError.invalidConfiguration("element type \(c.elementType) (F32, F16 or Q8_0)")
+        }
+        guard c.headDimension % c.elementType.blockSize == 0 else {
+            throw KVCacheError.invalidConfiguration("\(c.elementType) keys and values need a head dimension that is a multiple of \(c.elementType.blockSize), not \(c.headDimension)")
         }
         var blockBytes = 1  // c.blockBytes, computed here without trapping on overflow
-        for factor in [c.layers, 2, c.keyValueHeads, c.blockSize, c.headDimension, c.elementType.blockBytes] {
+        for factor in [c.layers, 2, c.keyValueHeads, c.blockSize, c.headDimension / c.elementType.blockSize, c.elementType.blockBytes] {
             let (product, overflow) = blockBytes.multipliedReportingOverflow(by: factor)
             guard !overflow else { throw KVCacheError.invalidConfiguration("block size overflows") }
             blockBytes = product
@@ -333,6 +337,16 @@ public final class PagedKVCache {
         let d = configuration.headDimension, row = position % size
         let f32 = configuration.elementType == .f32
         for head in 0..<configuration.keyValueHeads {
+            if configuration.elementType == .q8_0 {
+                // Quants first ([d][size] keys, [size][d] values), then the scales, [d / 32][size].
+                let k = run(block: block, layer: layer, head: head, values: false)
+                quill_kv_quantize_q8_0(keys + head * d, Int64(d), (k + row).assumingMemoryBound(to: Int8.self), Int64(size),
+                                       (k + size * d + row * 2).assumingMemoryBound(to: UInt16.self), Int64(size))
+                let v = run(block: block, layer: layer, head: head, values: true)
+                quill_kv_quantize_q8_0(values + head * d, Int64(d), (v + row * d).assumingMemoryBound(to: Int8.self), 1,
+                                       (v + size * d + row * 2).assumingMemoryBound(to: UInt16.self), Int64(size))
+                continue
+            }
             let k = run(block: block, layer: layer, head: head, values: false)
             // Transposed: element e of every token is contiguous, so a token's keys go `size` apart.
             if f32 { for e in 0..<d { k.storeBytes(of: keys[head * d + e], toByteOffset: (e * size + row) * 4, as: Float.self) } }
@@ -347,9 +361,23 @@ public final class PagedKVCache {
     /// ([length][headDimension]); for tests and reference implementations.
     public func read(_ sequence: SequenceID, layer: Int, head: Int, values: Bool) throws -> [Float] {
         let state = try self.state(sequence)
+        guard (0..<configuration.layers).contains(layer), (0..<configuration.keyValueHeads).contains(head) else {
+            throw KVCacheError.invalidConfiguration("no layer \(layer), head \(head) in a cache of \(configuration.layers) layers × \(configuration.keyValueHeads) heads")
+        }
         let d = configuration.headDimension, size = configuration.blockSize
         var result = [Float](repeating: 0, count: state.length * d)
         let f32 = configuration.elementType == .f32
+        if configuration.elementType == .q8_0 {
+            var run = [Float](repeating: 0, count: size * d)  // one run, dequantized in its own layout
+            for (index, block) in state.blocks.enumerated() where index * size < state.length {
+                quill_kv_dequantize_q8_0(self.run(block: block, layer: layer, head: head, values: values), Int64(d), Int64(size),
+                                         values ? 1 : 0, &run)
+                for row in 0..<min(size, state.length - index * size) {
+                    for e in 0..<d { result[(index * size + row) * d + e] = run[values ? row * d + e : e * size + row] }
+                }
+            }
+            return result
+        }
         for position in 0..<state.length {
             let source = run(block: state.blocks[position / size], layer: layer, head: head, values: values)
             let row = position % size

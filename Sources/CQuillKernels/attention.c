@@ -24,6 +24,42 @@ static void block_pv_scalar(float *acc, const float *p, const float *v, int64_t 
 
 static void exp_scalar(float *x, int64_t n) { for (int64_t i = 0; i < n; i++) x[i] = expf(x[i]); }
 
+// MARK: Q8_0 keys and values
+// A Q8_0 run of bs tokens holds int8 quants, then one F16 scale per (token, 32 elements),
+// stored scale-block-major ([d / 32][bs]) so that a block's 16 token scales load as two
+// vectors: keys are quants [d][bs] (transposed, as F32/F16 keys are) then scales; values
+// are quants [bs][d] then scales. Queries stay F32: only the cache is quantized.
+
+void quill_kv_quantize_q8_0(const float *x, int64_t n, int8_t *quants, int64_t quant_stride, uint16_t *scales,
+                            int64_t scale_stride) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *block = x + b * 32;
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fabsf(block[j]) > amax ? fabsf(block[j]) : amax;  // NaN never wins
+        const uint16_t bits = quill_f32_to_f16_scalar(amax / 127.0f);
+        // Quantize against the scale as stored, so dequantization sees the values rounded here.
+        const float stored = quill_f16_to_f32_scalar(bits);
+        const float inverse = stored > 0 && stored < INFINITY ? 1.0f / stored : 0.0f;
+        scales[b * scale_stride] = bits;
+        for (int j = 0; j < 32; j++) {
+            float v = block[j] * inverse;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+            if (v != v) v = 0;  // NaN: converting it to an integer is undefined
+            quants[(b * 32 + j) * quant_stride] = (int8_t)roundf(v);
+        }
+    }
+}
+
+void quill_kv_dequantize_q8_0(const void *run, int64_t d, int64_t bs, int values, float *out) {
+    const int8_t *q = (const int8_t *)run;
+    const uint16_t *s = (const uint16_t *)(const void *)(q + d * bs);
+    for (int64_t j = 0; j < bs; j++)
+        for (int64_t e = 0; e < d; e++) {
+            const int64_t index = values ? j * d + e : e * bs + j;
+            out[index] = (float)q[index] * quill_f16_table[s[(e / 32) * bs + j]];
+        }
+}
+
 #ifdef QUILL_X86
 #include <immintrin.h>
 #include "avx2_math.h"
@@ -178,6 +214,79 @@ BLOCK_PV(block_pv_f32_avx2, float, LOAD_F32)
 BLOCK_PV(block_pv_f16_avx2, uint16_t, LOAD_F16)
 BLOCK_PV_GROUP(block_pv_group_f32_avx2, float, LOAD_F32, block_pv_f32_avx2)
 BLOCK_PV_GROUP(block_pv_group_f16_avx2, uint16_t, LOAD_F16, block_pv_f16_avx2)
+
+// Eight int8 values as floats.
+#define LOAD_Q8(p) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))))
+
+// Scores of `heads` (1 or 4, a constant after inlining) query heads against a Q8_0 key block
+// (bs 16): each 32-element scale block's dot products accumulate from int8 keys converted in
+// registers, then are weighted by the 16 tokens' scales for that block. Eight keys at a time
+// keep the partial and total sums of four heads in registers.
+static inline __attribute__((always_inline)) QUILL_AVX2 void scores_q8_heads(const float *q, int64_t heads, const int8_t *kq,
+                                                                             const uint16_t *ks, int64_t d, __m256 vs,
+                                                                             float *scores) {
+    for (int64_t half = 0; half < 16; half += 8) {
+        __m256 total[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t b = 0; b < d / 32; b++) {
+            __m256 part[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t e = b * 32; e < b * 32 + 32; e++) {
+                const __m256 k = LOAD_Q8(kq + e * 16 + half);
+                for (int64_t h = 0; h < heads; h++) part[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + h * d + e), k, part[h]);
+            }
+            const __m256 s = LOAD_F16(ks + b * 16 + half);
+            for (int64_t h = 0; h < heads; h++) total[h] = _mm256_fmadd_ps(part[h], s, total[h]);
+        }
+        for (int64_t h = 0; h < heads; h++) _mm256_storeu_ps(scores + h * 16 + half, _mm256_mul_ps(total[h], vs));
+    }
+}
+
+static QUILL_AVX2 void block_scores_q8_avx2(const float *q, int64_t group, const void *keys, int64_t d, float scale,
+                                            float *scores) {
+    const int8_t *kq = (const int8_t *)keys;
+    const uint16_t *ks = (const uint16_t *)(const void *)(kq + d * 16);
+    const __m256 vs = _mm256_set1_ps(scale);
+    int64_t g = 0;
+    for (; g + 4 <= group; g += 4) scores_q8_heads(q + g * d, 4, kq, ks, d, vs, scores + g * 16);
+    for (; g < group; g++) scores_q8_heads(q + g * d, 1, kq, ks, d, vs, scores + g * 16);
+}
+
+// acc[h][i] += sum over tokens first <= j < first + count of p[h * 16 + j] * value[j][i] for
+// `heads` (1 or 4) heads of a Q8_0 value block: each head's weights are multiplied by the
+// tokens' scales once per 32-element block, and the four heads share every converted vector.
+static inline __attribute__((always_inline)) QUILL_AVX2 void pv_q8_heads(float *acc, const float *p, int64_t heads,
+                                                                         const int8_t *vq, const uint16_t *vs,
+                                                                         int64_t first, int64_t count, int64_t d) {
+    float w[4 * 16];
+    for (int64_t b = 0; b < d / 32; b++) {
+        const __m256 lo_scale = LOAD_F16(vs + b * 16), hi_scale = LOAD_F16(vs + b * 16 + 8);
+        for (int64_t h = 0; h < heads; h++) {
+            _mm256_storeu_ps(w + h * 16, _mm256_mul_ps(_mm256_loadu_ps(p + h * 16), lo_scale));
+            _mm256_storeu_ps(w + h * 16 + 8, _mm256_mul_ps(_mm256_loadu_ps(p + h * 16 + 8), hi_scale));
+        }
+        for (int64_t i = b * 32; i < b * 32 + 32; i += 16) {
+            __m256 lo[4], hi[4];
+            for (int64_t h = 0; h < heads; h++) { lo[h] = _mm256_loadu_ps(acc + h * d + i); hi[h] = _mm256_loadu_ps(acc + h * d + i + 8); }
+            for (int64_t j = first; j < first + count; j++) {
+                const __m256 x0 = LOAD_Q8(vq + j * d + i), x1 = LOAD_Q8(vq + j * d + i + 8);
+                for (int64_t h = 0; h < heads; h++) {
+                    const __m256 weight = _mm256_broadcast_ss(w + h * 16 + j);
+                    lo[h] = _mm256_fmadd_ps(weight, x0, lo[h]);
+                    hi[h] = _mm256_fmadd_ps(weight, x1, hi[h]);
+                }
+            }
+            for (int64_t h = 0; h < heads; h++) { _mm256_storeu_ps(acc + h * d + i, lo[h]); _mm256_storeu_ps(acc + h * d + i + 8, hi[h]); }
+        }
+    }
+}
+
+static QUILL_AVX2 void block_pv_group_q8_avx2(float *acc, const float *p, int64_t group, const void *values, int64_t first,
+                                              int64_t count, int64_t d) {
+    const int8_t *vq = (const int8_t *)values;
+    const uint16_t *vs = (const uint16_t *)(const void *)(vq + d * 16);
+    int64_t g = 0;
+    for (; g + 4 <= group; g += 4) pv_q8_heads(acc + g * d, p + g * 16, 4, vq, vs, first, count, d);
+    for (; g < group; g++) pv_q8_heads(acc + g * d, p + g * 16, 1, vq, vs, first, count, d);
+}
 #endif
 
 // Attention over the table's blocks [block_begin, block_end) only; with `partial`, each
@@ -187,8 +296,8 @@ static void attention_range(const float *q, float *out, int64_t row_stride, int6
                             const void *k_base, const void *v_base, int64_t block_stride, const int64_t *blocks,
                             int64_t block_size, int64_t first_position, int64_t window, float scale, int kv_type,
                             float *scratch, int64_t block_begin, int64_t block_end, float *partial) {
-    // The AVX2 kernels read F32 or F16 blocks in place; the scalar path converts F16 blocks
-    // into scratch first.
+    // The AVX2 kernels read F32, F16 or Q8_0 blocks in place; the scalar path converts F16
+    // and Q8_0 blocks into scratch first.
     int vector = 0;
     void (*expv)(float *, int64_t) = exp_scalar;
 #ifdef QUILL_X86
@@ -214,13 +323,18 @@ static void attention_range(const float *q, float *out, int64_t row_stride, int6
     for (int64_t b = lowest / bs > block_begin ? lowest / bs : block_begin; b * bs <= last_position && b < block_end; b++) {
         const float *kT = (const float *)(const void *)((const uint8_t *)k_base + blocks[b] * block_stride);
         const float *v = (const float *)(const void *)((const uint8_t *)v_base + blocks[b] * block_stride);
-        if (kv_type == 1 && !vector) {  // the scalar path converts the block once
-            quill_f16_to_f32((const uint16_t *)(const void *)kT, keys, bs * d);
-            quill_f16_to_f32((const uint16_t *)(const void *)v, values, bs * d);
+        if (kv_type != 0 && !vector) {  // the scalar path converts the block once
+            if (kv_type == 1) {
+                quill_f16_to_f32((const uint16_t *)(const void *)kT, keys, bs * d);
+                quill_f16_to_f32((const uint16_t *)(const void *)v, values, bs * d);
+            } else {
+                quill_kv_dequantize_q8_0(kT, d, bs, 0, keys);
+                quill_kv_dequantize_q8_0(v, d, bs, 1, values);
+            }
             kT = keys;
             v = values;
         }
-        const int64_t element = kv_type == 1 && vector ? 2 : 4;
+        const int64_t element = !vector ? 4 : kv_type == 2 ? 1 : kv_type == 1 ? 2 : 4;  // bytes per stored value
         const int64_t start = b * bs;
         for (int64_t qi = 0; qi < n_queries; qi++) {
             const int64_t position = first_position + qi;
@@ -230,7 +344,8 @@ static void attention_range(const float *q, float *out, int64_t row_stride, int6
             const int64_t first = lo - start, count = hi - lo;
 #ifdef QUILL_X86
             if (vector) {
-                if (kv_type == 1) block_scores_f16_avx2(q + qi * row_stride, group, kT, d, scale, scores);
+                if (kv_type == 2) block_scores_q8_avx2(q + qi * row_stride, group, kT, d, scale, scores);
+                else if (kv_type == 1) block_scores_f16_avx2(q + qi * row_stride, group, kT, d, scale, scores);
                 else block_scores_f32_avx2(q + qi * row_stride, group, kT, d, scale, scores);
             } else
 #endif
@@ -269,7 +384,8 @@ static void attention_range(const float *q, float *out, int64_t row_stride, int6
             const void *rows_v = (const uint8_t *)(const void *)v + first * d * element;
 #ifdef QUILL_X86
             if (vector) {
-                if (kv_type == 1) block_pv_group_f16_avx2(acc + qi * group * d, scores + first, group, rows_v, count, d);
+                if (kv_type == 2) block_pv_group_q8_avx2(acc + qi * group * d, scores, group, v, first, count, d);
+                else if (kv_type == 1) block_pv_group_f16_avx2(acc + qi * group * d, scores + first, group, rows_v, count, d);
                 else block_pv_group_f32_avx2(acc + qi * group * d, scores + first, group, rows_v, count, d);
             } else
 #endif

@@ -151,7 +151,8 @@ public struct GeneratorConfiguration: Sendable {
     public var threads: Int?
     /// Bytes the KV cache may hold (shared by all running requests).
     public var kvMemoryBudget = 512 << 20
-    /// Element type of cached keys and values: F16 (the default, half the memory) or F32.
+    /// Element type of cached keys and values: F16 (the default, half the memory of F32), Q8_0
+    /// (about half of F16's; the head dimension must be a multiple of 32) or F32.
     public var kvElementType: ElementType = .f16
     /// Prompt tokens one step may prefill (longer prompts go in chunks, between decode steps).
     public var chunkSize = 256
@@ -328,13 +329,26 @@ public final class Generator: Sendable {
     }
 
     /// exp(mean negative log-likelihood) of each token of `tokens` given the ones before it;
-    /// `progress` receives the fraction done after each chunk.
-    public func perplexity(of tokens: [Int], progress: (@Sendable (Double) -> Void)? = nil) async throws -> Double {
+    /// `progress` receives the fraction done after each chunk. With a `window`, the text is
+    /// scored in consecutive windows of that many tokens, each seeing only its own earlier
+    /// tokens (llama.cpp's perplexity does the same), so texts longer than the context fit.
+    public func perplexity(of tokens: [Int], window: Int? = nil, progress: (@Sendable (Double) -> Void)? = nil) async throws -> Double {
         guard tokens.count >= 2 else { throw ModelError.tooManyTokens(count: tokens.count, maximum: 2) }
+        let size = window ?? tokens.count
+        guard size >= 2 else { throw GenerationError.invalidParameter(name: "window", detail: "\(size) (a window must hold at least 2 tokens)") }
         var perplexity = Perplexity()
-        try await score(tokens, progress: progress) { position, row in
-            guard position + 1 < tokens.count else { return }
-            try perplexity.add(row, next: tokens[position + 1])
+        var start = 0
+        while start + 1 < tokens.count {
+            let part = Array(tokens[start..<min(tokens.count, start + size)])
+            // This window's fraction, as a fraction of the whole text.
+            let offset = Double(start) / Double(tokens.count), share = Double(part.count) / Double(tokens.count)
+            var windowProgress: (@Sendable (Double) -> Void)?
+            if let progress { windowProgress = { fraction in progress(offset + fraction * share) } }
+            try await score(part, progress: windowProgress) { position, row in
+                guard position + 1 < part.count else { return }
+                try perplexity.add(row, next: part[position + 1])
+            }
+            start += part.count
         }
         return perplexity.value
     }

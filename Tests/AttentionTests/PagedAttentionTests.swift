@@ -111,9 +111,9 @@ import Testing
     }
 
     /// The portable path (CPUs without AVX2), on the calling thread of a one-thread pool.
-    @Test(arguments: [ElementType.f32, .f16])
+    @Test(arguments: [ElementType.f32, .f16, .q8_0])
     func scalarPathMatchesReference(type: ElementType) throws {
-        let s = try Self.setup(headDimension: 80, group: 4, length: 70, rows: 9, type: type)
+        let s = try Self.setup(headDimension: type == .q8_0 ? 64 : 80, group: 4, length: 70, rows: 9, type: type)
         let output = try KernelLevel.withThreadLevel(.scalar) { try Self.run(s, rows: 9, firstPosition: 61, window: 20, threads: 1) }
         let expected = try Self.reference(s, rows: 9, firstPosition: 61, window: 20)
         #expect(zip(output.values(), expected).allSatisfy { abs(Double($0) - $1) <= 1e-5 })
@@ -126,10 +126,11 @@ import Testing
         #expect(zip(output.values(), expected).allSatisfy { abs(Double($0) - $1) <= 1e-5 })
     }
 
-    @Test(arguments: [ElementType.f32, .f16])
+    @Test(arguments: [ElementType.f32, .f16, .q8_0])
     func pagedEqualsContiguousBitForBit(type: ElementType) throws {
-        let contiguous = try Self.setup(headDimension: 80, group: 4, length: 200, rows: 12, type: type)
-        let scrambled = try Self.setup(headDimension: 80, group: 4, length: 200, rows: 12, type: type, scrambleBlocks: true)
+        let d = type == .q8_0 ? 64 : 80
+        let contiguous = try Self.setup(headDimension: d, group: 4, length: 200, rows: 12, type: type)
+        let scrambled = try Self.setup(headDimension: d, group: 4, length: 200, rows: 12, type: type, scrambleBlocks: true)
         let table = try scrambled.cache.blockTable(of: scrambled.sequence)
         #expect(table != Array(table.sorted()) || table.first != 0, "the scrambled table must not be contiguous: \(table)")
         #expect(try Self.run(contiguous, rows: 12, firstPosition: 188, window: nil).values()
@@ -137,6 +138,39 @@ import Testing
         // One thread or two: the same bits.
         #expect(try Self.run(contiguous, rows: 12, firstPosition: 188, window: 50, threads: 1).values()
                 == Self.run(contiguous, rows: 12, firstPosition: 188, window: 50, threads: 2).values())
+    }
+
+    /// Q8_0 storage: attention over the dequantized keys and values, as the reference reads
+    /// them back, for prefill chunks and decode steps (split-K included), GQA 1/4/8, head
+    /// dimensions 64 and 128, with and without a window, at both kernel levels.
+    @Test(arguments: [KernelLevel.scalar, .avx2], [64, 128])
+    func q8CacheMatchesReferenceOfStoredValues(level: KernelLevel, headDimension: Int) throws {
+        for group in [1, 4, 8] {
+            for (length, rows) in [(1, 1), (17, 9), (100, 9), (513, 1), (700, 3)] {
+                let s = try Self.setup(headDimension: headDimension, group: group, length: length, rows: rows, type: .q8_0,
+                                       seed: UInt64(length * 10 + group))
+                for window in [nil, 7] as [Int?] {
+                    // The level is per thread: the scalar run stays on the calling thread of a one-thread pool.
+                    let output = try KernelLevel.withThreadLevel(level) {
+                        try Self.run(s, rows: rows, firstPosition: length - rows, window: window, threads: level == .scalar ? 1 : 2)
+                    }
+                    let expected = try Self.reference(s, rows: rows, firstPosition: length - rows, window: window)
+                    let worst = zip(output.values(), expected).map { abs(Double($0) - $1) }.max() ?? 0
+                    #expect(worst <= 1e-5, "\(level) d=\(headDimension) group=\(group) length=\(length) window=\(window.map(String.init) ?? "none"): \(worst)")
+                }
+            }
+        }
+    }
+
+    /// What Q8_0 storage costs in accuracy: attention over the original F32 keys and values
+    /// against attention over their Q8_0 copies (the same random inputs).
+    @Test func q8CacheStaysCloseToF32() throws {
+        let exact = try Self.setup(headDimension: 128, group: 4, length: 300, rows: 4, type: .f32)
+        let quantized = try Self.setup(headDimension: 128, group: 4, length: 300, rows: 4, type: .q8_0)
+        let a = try Self.run(exact, rows: 4, firstPosition: 296, window: nil).values()
+        let b = try Self.run(quantized, rows: 4, firstPosition: 296, window: nil).values()
+        let worst = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+        #expect(worst > 0 && worst < 0.01, "Q8_0 vs F32 attention: \(worst)")
     }
 
     @Test func prefixCacheHitGivesTheSameAttention() throws {

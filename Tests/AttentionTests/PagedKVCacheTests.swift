@@ -77,6 +77,61 @@ func expectContents(_ cache: PagedKVCache, _ sequence: SequenceID, tags: [Int], 
         #expect(cache.availableBlockCount == 16 && cache.invariantViolations().isEmpty)
     }
 
+    /// Q8_0 runs: every value read back lies within half a quantization step (its 32-value
+    /// block's largest magnitude / 254, F16-rounded) of what was written, a block of zeros and
+    /// NaN read back as 0, and the blocks return to the pool.
+    @Test func q8RoundTripsWithinHalfAStep() throws {
+        let shape = KVCacheConfiguration(layers: 2, keyValueHeads: 2, headDimension: 64, blockSize: 4, elementType: .q8_0, memoryBudget: 0)
+        #expect(shape.runBytes == 4 * 2 * 34)  // two Q8_0 blocks of 32 per token
+        let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: 2, keyValueHeads: 2, headDimension: 64, blockSize: 4,
+                                                                         elementType: .q8_0, memoryBudget: 8 * shape.blockBytes))
+        let s = cache.makeSequence()
+        try cache.reserve(s, tokens: 10)
+        var generator = SplitMix(seed: 5)
+        var written: [[Float]] = []  // per position, layer 1: keys of both heads then values
+        for position in 0..<10 {
+            for layer in 0..<2 {
+                var keys = (0..<128).map { _ in Float.random(in: -3...3, using: &generator) }
+                let values = (0..<128).map { index in Float(index % 64 - 20) * 0.37 }
+                if position == 3 { keys.replaceSubrange(0..<32, with: repeatElement(0, count: 32)); keys[40] = .nan }
+                try cache.write(s, layer: layer, position: position, keys: keys, values: values)
+                if layer == 1 { written.append(keys + values) }
+            }
+        }
+        try cache.append(s, tokens: Array(0..<10))
+        for head in 0..<2 {
+            let keys = try cache.read(s, layer: 1, head: head, values: false)
+            let values = try cache.read(s, layer: 1, head: head, values: true)
+            for position in 0..<10 {
+                for (offset, stored) in [(0, keys), (128, values)] {
+                    for block in 0..<2 {
+                        let range = (head * 64 + block * 32)..<(head * 64 + block * 32 + 32)
+                        let original = written[position][(offset + range.lowerBound)..<(offset + range.upperBound)]
+                        let step = (original.filter { !$0.isNaN }.map(abs).max() ?? 0) / 127
+                        for (index, value) in original.enumerated() {
+                            let back = stored[position * 64 + block * 32 + index]
+                            let expected = value.isNaN ? 0 : value
+                            #expect(abs(back - expected) <= step * 0.502 + 1e-6, "position \(position) head \(head) element \(block * 32 + index): \(value) read back as \(back)")
+                        }
+                    }
+                }
+            }
+        }
+        #expect(try cache.read(s, layer: 1, head: 0, values: false)[3 * 64] == 0)
+        #expect(throws: KVCacheError.self) { try cache.read(s, layer: 2, head: 0, values: false) }
+        try cache.release(s)
+        #expect(cache.availableBlockCount == 8 && cache.invariantViolations().isEmpty)
+    }
+
+    @Test func unsupportedStorageThrows() {
+        #expect(throws: KVCacheError.self) {  // Q8_0 blocks of 32 cannot tile a head of 80
+            try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: 1, headDimension: 80, elementType: .q8_0, memoryBudget: 1 << 20))
+        }
+        #expect(throws: KVCacheError.self) {
+            try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: 1, headDimension: 64, elementType: .q4_0, memoryBudget: 1 << 20))
+        }
+    }
+
     @Test func overflowingBlockSizeThrows() {
         #expect(throws: KVCacheError.invalidConfiguration("block size overflows")) {
             try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: 1 << 30, headDimension: 1 << 30,

@@ -226,6 +226,21 @@ import Testing
         }
         let perplexity = try await generator.perplexity(of: prompt)
         #expect(abs(perplexity - exp(nll / Double(prompt.count - 1))) < 1e-3 * perplexity)
+        // In windows of 8 tokens (8 + 8 + 4), each scored from scratch: the pooled NLL of the
+        // windows' own logits.
+        var windowNLL = 0.0, predictions = 0
+        for start in stride(from: 0, to: prompt.count, by: 8) {
+            let part = Array(prompt[start..<min(prompt.count, start + 8)])
+            let rows = try await generator.logits(for: part)
+            for position in 0..<(part.count - 1) {
+                let row = rows[position].map(Double.init), m = row.max()!
+                windowNLL += m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[part[position + 1]]
+                predictions += 1
+            }
+        }
+        let windowed = try await generator.perplexity(of: prompt, window: 8)
+        #expect(predictions == 17 && abs(windowed - exp(windowNLL / 17)) < 1e-4 * windowed && windowed != perplexity)
+        await #expect(throws: GenerationError.self) { _ = try await generator.perplexity(of: prompt, window: 1) }
         await #expect(throws: ModelError.self) { _ = try await generator.logits(for: [0, 100_000]) }
     }
 }

@@ -5,6 +5,7 @@
 //  3. KV memory held by the paged cache vs contiguous max-length allocation.
 //
 //   swift run -c release attention-bench [--threads 2] [--only decode|prefill|memory] [--contexts 256,1024] [--kv-heads 4]
+//                                       [--kv f16|q8_0|f32]   (decode's KV storage)
 import BenchKit
 import Foundation
 import Quill
@@ -18,13 +19,14 @@ let contexts = option("--contexts", "256,1024,2048,4096,8192").split(separator: 
 // MARK: 1. Decode
 
 let layers = 22, kvHeads = Int(option("--kv-heads", "4"))!, heads = 32, d = 64
+let kvType: ElementType = ["f32": .f32, "f16": .f16, "q8_0": .q8_0][option("--kv", "f16")] ?? .f16
 if only == "all" || only == "decode" {
 let measured = measureBandwidth(pool: context.pool)
 print(String(format: "DRAM read bandwidth, %d threads: %.1f GB/s", threads, measured))
-print("decode attention, \(layers) layers, \(heads) heads / \(kvHeads) KV heads of \(d), F16 KV, \(threads) threads:")
+print("decode attention, \(layers) layers, \(heads) heads / \(kvHeads) KV heads of \(d), \(kvType) KV, \(threads) threads:")
 for length in contexts {
-    let shape = KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d, memoryBudget: 0)
-    let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d,
+    let shape = KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d, elementType: kvType, memoryBudget: 0)
+    let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d, elementType: kvType,
                                                                      memoryBudget: ((length + 15) / 16 + 1) * shape.blockBytes))
     let sequence = cache.makeSequence()
     try cache.reserve(sequence, tokens: length)
@@ -43,7 +45,7 @@ for length in contexts {
         samples.append(seconds() - start)
     }
     let time = median(samples)
-    let bytes = Double(layers * 2 * kvHeads * length * d * 2)
+    let bytes = Double(layers * 2 * kvHeads * length * shape.runBytes / shape.blockSize)
     print(String(format: "  context %5d: %7.3f ms per token, %6.1f GB/s of KV = %.2f of bandwidth", length, time * 1000, bytes / time / 1e9, bytes / time / 1e9 / measured))
 }
 }

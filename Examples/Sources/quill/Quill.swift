@@ -36,6 +36,9 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Quantize the weights while loading: q8_0 or q4_0.")
     var quantize: String?
 
+    @Option(help: "KV cache storage: f16 (default), q8_0 (about half the memory) or f32.")
+    var kv: String = "f16"
+
     @Option(help: "Speculative decoding with a draft model (a folder or .gguf with the same tokenizer).")
     var draft: String?
 
@@ -47,6 +50,9 @@ struct ModelOptions: ParsableArguments {
         if let quantize, ElementType(rawValue: quantize.lowercased()).map({ $0 == .q8_0 || $0 == .q4_0 }) != true {
             throw ValidationError("--quantize takes q8_0 or q4_0, not '\(quantize)'")
         }
+        if ![.f16, .q8_0, .f32].contains(ElementType(rawValue: kv.lowercased())) {
+            throw ValidationError("--kv takes f16, q8_0 or f32, not '\(kv)'")
+        }
         if let speculate, !["ngram", "self-q4"].contains(speculate) { throw ValidationError("--speculate takes ngram or self-q4") }
         if draft != nil && speculate != nil { throw ValidationError("--draft and --speculate exclude each other") }
     }
@@ -57,6 +63,7 @@ struct ModelOptions: ParsableArguments {
         configuration.threads = threads
         configuration.maximumBatch = maximumBatch
         configuration.quantization = quantize.flatMap { ElementType(rawValue: $0.lowercased()) }
+        configuration.kvElementType = ElementType(rawValue: kv.lowercased()) ?? .f16
         if let draft { configuration.draft = .model(path: draft) }
         if speculate == "ngram" { configuration.draft = .ngram(maximumN: 3) }
         if speculate == "self-q4" { configuration.draft = .quantizedSelf(.q4_0) }

@@ -58,6 +58,8 @@ struct Perplexity: AsyncParsableCommand {
 
     @OptionGroup var model: ModelOptions
     @Argument(help: "A UTF-8 text file.") var file: String
+    @Option(help: "Score the text in windows of this many tokens (default: the context length, when the text is longer).")
+    var window: Int?
 
     func run() async throws {
         try await reportingErrors {
@@ -67,7 +69,8 @@ struct Perplexity: AsyncParsableCommand {
             let ids = generator.files.tokenizer.encode(text)
             let bar = ProgressBar()
             let start = Date()
-            let perplexity = try await generator.perplexity(of: ids) { bar.show("perplexity", $0) }
+            let window = self.window ?? generator.contextLength.flatMap { ids.count > $0 ? $0 : nil }
+            let perplexity = try await generator.perplexity(of: ids, window: window) { bar.show("perplexity", $0) }
             bar.done()
             print(String(format: "perplexity %.4f over %d tokens (%.0f tok/s)", perplexity, ids.count,
                          Double(ids.count) / Date().timeIntervalSince(start)))

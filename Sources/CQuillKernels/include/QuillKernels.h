@@ -154,7 +154,7 @@ int64_t quill_top_k(const float *x, int64_t n, int64_t k, int64_t *indices, floa
 ///   k_base, v_base: this (layer, head)'s runs in block 0; block b's runs are at
 ///     base + blocks[b] * block_stride. Keys are stored transposed, [head_dim][block_size];
 ///     values by token, [block_size][head_dim].
-///   kv_type: 0 F32, 1 F16
+///   kv_type: 0 F32, 1 F16, 2 Q8_0 (head_dim a multiple of 32; see quill_kv_quantize_q8_0)
 ///   Query at position p sees keys max(0, p - window + 1) ... p (window 0: all of 0 ... p).
 ///   scratch: at least (n_queries * group) * (head_dim + 2) + block_size * (group + 2 * head_dim) floats.
 /// Keys 0 ... first_position + n_queries - 1 must exist.
@@ -174,6 +174,15 @@ void quill_attention_paged_partial(const float *q, int64_t row_stride, int64_t n
 /// output, laid out as quill_attention_paged writes it.
 void quill_attention_combine(const float *partials, int64_t segments, int64_t rows, int64_t group, int64_t head_dim,
                              float *out, int64_t row_stride);
+
+/// Quantizes n floats (a multiple of 32) to Q8_0 for the KV cache: one F16 scale per 32
+/// values (amax / 127) at scales[b * scale_stride], value i's int8 at quants[i * quant_stride].
+/// A Q8_0 run of bs tokens stores quants ([head_dim][bs] for keys, [bs][head_dim] for values)
+/// followed by the scales, [head_dim / 32][bs]. NaN becomes 0; infinities zero their block.
+void quill_kv_quantize_q8_0(const float *x, int64_t n, int8_t *quants, int64_t quant_stride, uint16_t *scales,
+                            int64_t scale_stride);
+/// A Q8_0 run as floats, in the run's own layout ([head_dim][bs] keys, or values [bs][head_dim]).
+void quill_kv_dequantize_q8_0(const void *run, int64_t head_dim, int64_t bs, int values, float *out);
 
 // MARK: - Mamba
 
