@@ -92,6 +92,7 @@ public final class TransformerModel {
     let outputScratch = OutputScratch()  // the head's gathered rows and logits, grown on demand
     let layout = StepLayout()            // the step's row layout, refilled each step
     var positions: [Int]                 // [chunks] each chunk's first position, refilled each step
+    var attentionRows: [AttentionRows]   // [chunks] each chunk's rows for the batched attention call
 
     /// Builds the model from `files` (a transformer) with activation buffers for `maximumTokens` tokens.
     public init(files: ModelFiles, context: ComputeContext, maximumTokens: Int = 256) throws {
@@ -162,6 +163,8 @@ public final class TransformerModel {
         sinTable = .allocate(capacity: max(1, rope.dimension / 2))
         positions = []
         positions.reserveCapacity(maximumTokens)
+        attentionRows = []
+        attentionRows.reserveCapacity(maximumTokens)
     }
 
     deinit {
@@ -245,7 +248,8 @@ public final class TransformerModel {
 
     /// One step over several sequences at once: every weight matrix is read once for all
     /// their rows (a decode step of N sequences multiplies each weight tile with all N rows,
-    /// not N matrix × vector passes); RoPE, the KV writes and attention run per sequence.
+    /// not N matrix × vector passes); RoPE and the KV writes run per sequence, attention for
+    /// all of them in one parallel loop.
     /// Each row's result depends only on its own chunk (see `RowGroup`), so a sequence's
     /// logits are the same whichever others share the step. Returns each chunk's logits
     /// (rows = its token count or 1), valid until the next step; nothing is allocated.
@@ -272,6 +276,11 @@ public final class TransformerModel {
         for chunk in chunks { positions.append(try cache.length(of: chunk.sequence)) }
         for chunk in chunks { try cache.reserve(chunk.sequence, tokens: chunk.tokens.count) }
         let rowStarts = layout.rowStarts, groups = layout.groups
+        attentionRows.removeAll(keepingCapacity: true)
+        for (index, chunk) in chunks.enumerated() {
+            attentionRows.append(AttentionRows(sequence: chunk.sequence, firstRow: rowStarts[index], rows: chunk.tokens.count,
+                                               firstPosition: positions[index]))
+        }
 
         for (index, chunk) in chunks.enumerated() {
             for (i, token) in chunk.tokens.enumerated() { try embedding.dequantizeRow(token, into: hidden.row(rowStarts[index] + i)) }
@@ -291,10 +300,10 @@ public final class TransformerModel {
                     try rope.apply(to: keys.row(first + i), heads: c.keyValueHeadCount, headDimension: c.headDimension, cos: cosTable, sin: sinTable)
                     try cache.write(chunk.sequence, layer: layerIndex, position: start + i, keys: keys.row(first + i), values: values.row(first + i))
                 }
-                try PagedAttention.attend(queries: queries, firstRow: first, rows: chunk.tokens.count, firstPosition: start, cache: cache,
-                                          sequence: chunk.sequence, layer: layerIndex, window: c.slidingWindow, output: attentionOutput,
-                                          context: context)
             }
+            // Every sequence's heads in one parallel loop.
+            try PagedAttention.attend(batch: attentionRows, queries: queries, cache: cache, layer: layerIndex, window: c.slidingWindow,
+                                      output: attentionOutput, context: context)
             try groups.matmul(layer.o, attentionOutput, projected, context: context)
             try Kernels.addBias(projected, bias: layer.oBias, rows: n)
             try Kernels.add(hidden, projected, rows: n, output: hidden)

@@ -173,6 +173,62 @@ import Testing
         #expect(worst > 0 && worst < 0.01, "Q8_0 vs F32 attention: \(worst)")
     }
 
+    /// Several sequences in one call (prefill chunks, decode and verification rows, an item
+    /// with no rows): each sequence's rows equal what it gets alone, bit for bit, the
+    /// batch-invariance the scheduler relies on, including a long decode that split-K divides.
+    @Test(arguments: [ElementType.f32, .f16, .q8_0])
+    func batchEqualsEachSequenceAlone(type: ElementType) throws {
+        let d = 64, kvHeads = 2, group = 4, blockSize = 16
+        let shape = KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d, elementType: type, memoryBudget: 0)
+        let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d,
+                                                                         elementType: type, memoryBudget: 100 * shape.blockBytes))
+        var generator = SplitMix(seed: 9)
+        // (length, rows): the last `rows` positions are the ones queried.
+        let shapes = [(700, 1), (40, 12), (1, 1), (300, 5), (20, 0)]
+        var batch: [AttentionRows] = [], row = 0
+        for (length, rows) in shapes {
+            let sequence = cache.makeSequence()
+            try cache.reserve(sequence, tokens: length)
+            for position in 0..<length {
+                let keys = (0..<kvHeads * d).map { _ in Float.random(in: -1.5...1.5, using: &generator) }
+                let values = (0..<kvHeads * d).map { _ in Float.random(in: -1...1, using: &generator) }
+                try cache.write(sequence, layer: 0, position: position, keys: keys, values: values)
+            }
+            try cache.append(sequence, tokens: Array(repeating: 1, count: length))
+            batch.append(AttentionRows(sequence: sequence, firstRow: row, rows: rows, firstPosition: length - rows))
+            row += rows
+        }
+        #expect((700 + blockSize - 1) / blockSize >= 2 * PagedAttention.minimumSegmentBlocks && kvHeads < 2 * 2)  // the first is split
+        let columns = kvHeads * group * d
+        let queries = try FloatBuffer(rows: row, columns: columns,
+                                      values: (0..<row * columns).map { _ in Float.random(in: -1.5...1.5, using: &generator) })
+        for threads in [1, 2, 3] {
+            let context = try ComputeContext(threads: threads)
+            for window in [nil, 50] as [Int?] {
+                let together = try FloatBuffer(rows: row, columns: columns)
+                try PagedAttention.attend(batch: batch, queries: queries, cache: cache, layer: 0, window: window, output: together, context: context)
+                let alone = try FloatBuffer(rows: row, columns: columns)
+                for item in batch {
+                    try PagedAttention.attend(queries: queries, firstRow: item.firstRow, rows: item.rows, firstPosition: item.firstPosition,
+                                              cache: cache, sequence: item.sequence, layer: 0, window: window, output: alone, context: context)
+                }
+                #expect(together.values() == alone.values(), "\(type), \(threads) threads, window \(window.map(String.init) ?? "none")")
+            }
+        }
+        // Overlapping rows would race: refused.
+        var overlapping = batch
+        overlapping[1].firstRow = 0
+        #expect(throws: TensorError.self) {
+            try PagedAttention.attend(batch: overlapping, queries: queries, cache: cache, layer: 0, output: try FloatBuffer(rows: row, columns: columns),
+                                      context: ComputeContext(threads: 2))
+        }
+        #expect(throws: KVCacheError.self) {
+            try PagedAttention.attend(batch: [AttentionRows(sequence: SequenceID(rawValue: 99), firstRow: 0, rows: 1, firstPosition: 0)],
+                                      queries: queries, cache: cache, layer: 0, output: try FloatBuffer(rows: row, columns: columns),
+                                      context: ComputeContext(threads: 2))
+        }
+    }
+
     @Test func prefixCacheHitGivesTheSameAttention() throws {
         let s = try Self.setup(headDimension: 64, group: 2, length: 40, rows: 1)
         let tokens = Array(repeating: 1, count: 40)

@@ -166,8 +166,12 @@ if only.isEmpty || only == "batch" {
             }
             let rate = median(rates)
             if count == 1 { single = rate }
-            print(String(format: "  %2d streams: %7.1f tok/s aggregate = %.2f × one stream", count, rate, rate / single))
-            rows.append(["model": shape.name, "streams": count, "tokens_per_second": rate, "ratio": rate / single])
+            // Without 1 in --streams there is no baseline to divide by.
+            print(String(format: "  %2d streams: %7.1f tok/s aggregate", count, rate)
+                  + (single > 0 ? String(format: " = %.2f × one stream", rate / single) : ""))
+            var row: [String: Any] = ["model": shape.name, "streams": count, "tokens_per_second": rate]
+            if single > 0 { row["ratio"] = rate / single }
+            rows.append(row)
         }
     }
     report["batch"] = rows
