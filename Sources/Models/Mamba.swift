@@ -72,22 +72,22 @@ public final class MambaModel {
                 : try w.tensor(p + "mixer.A", shape: [inner, state]).floats()
             return Layer(
                 norm: try w.tensor(p + "norm.weight", shape: [h]).floats(),
-                inProjection: try w.tensor(p + "mixer.in_proj.weight", shape: [2 * inner, h]),
+                inProjection: try w.tensor(p + "mixer.in_proj.weight", shape: [2 * inner, h]).interleavedForMatmul(),
                 convolution: conv.floats(),
                 convolutionBias: c.useConvolutionBias ? try w.tensor(p + "mixer.conv1d.bias", shape: [inner]).floats() : [Float](repeating: 0, count: inner),
-                xProjection: try w.tensor(p + "mixer.x_proj.weight", shape: [rank + 2 * state, inner]),
+                xProjection: try w.tensor(p + "mixer.x_proj.weight", shape: [rank + 2 * state, inner]).interleavedForMatmul(),
                 dtProjection: try w.tensor(p + "mixer.dt_proj.weight", shape: [inner, rank]),
                 dtBias: try w.tensor(p + "mixer.dt_proj.bias", shape: [inner]).floats(),
                 a: a,
                 d: try w.tensor(p + "mixer.D", shape: [inner]).floats(),
-                outProjection: try w.tensor(p + "mixer.out_proj.weight", shape: [h, inner]))
+                outProjection: try w.tensor(p + "mixer.out_proj.weight", shape: [h, inner]).interleavedForMatmul())
         }
         guard !c.useBias else {
             throw ConfigurationError.invalidValue(path: w.path, key: "use_bias", detail: "in_proj/out_proj biases are not supported")
         }
         embedding = try w.tensor("backbone.embeddings.weight", shape: [c.vocabularySize, h])
         finalNorm = try w.tensor("backbone.norm_f.weight", shape: [h]).floats()
-        outputHead = c.tieWordEmbeddings ? embedding : try w.tensor("lm_head.weight", shape: [c.vocabularySize, h])
+        outputHead = c.tieWordEmbeddings ? embedding : try w.tensor("lm_head.weight", shape: [c.vocabularySize, h]).interleavedForMatmul()
         let n = maximumTokens
         hidden = try FloatBuffer(rows: n, columns: h)
         normed = try FloatBuffer(rows: n, columns: h)

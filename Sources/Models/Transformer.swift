@@ -107,29 +107,31 @@ public final class TransformerModel {
         let qDim = c.headCount * d, kvDim = c.keyValueHeadCount * d
         func floats(_ name: String, _ count: Int) throws -> [Float] { try w.tensor(name, shape: [count]).floats() }
         func optionalFloats(_ name: String, _ count: Int, _ present: Bool) throws -> [Float] { present ? try floats(name, count) : [] }
+        // A weight of matrix products: Q4_0 ones in the interleaved layout the kernels read fastest.
+        func matrix(_ name: String, _ shape: [Int]) throws -> Tensor { try w.tensor(name, shape: shape).interleavedForMatmul() }
         func expert(_ prefix: String, gate: String, up: String, down: String) throws -> Expert {
-            Expert(gate: try w.tensor(prefix + gate, shape: [c.intermediateSize, h]),
-                   up: try w.tensor(prefix + up, shape: [c.intermediateSize, h]),
-                   down: try w.tensor(prefix + down, shape: [h, c.intermediateSize]))
+            Expert(gate: try matrix(prefix + gate, [c.intermediateSize, h]),
+                   up: try matrix(prefix + up, [c.intermediateSize, h]),
+                   down: try matrix(prefix + down, [h, c.intermediateSize]))
         }
         layers = try (0..<c.layerCount).map { i in
             let p = "model.layers.\(i)."
             let mlp: MLP
             if let experts = c.experts {
                 let moe = p + "block_sparse_moe."
-                mlp = .experts(router: try w.tensor(moe + "gate.weight", shape: [experts.count, h]),
+                mlp = .experts(router: try matrix(moe + "gate.weight", [experts.count, h]),
                                experts: try (0..<experts.count).map {
                                    try expert(moe + "experts.\($0).", gate: "w1.weight", up: "w3.weight", down: "w2.weight")
                                })
             } else {
                 mlp = .dense(try expert(p + "mlp.", gate: "gate_proj.weight", up: "up_proj.weight", down: "down_proj.weight"))
             }
-            let q = try w.tensor(p + "self_attn.q_proj.weight", shape: [qDim, h])
-            let k = try w.tensor(p + "self_attn.k_proj.weight", shape: [kvDim, h])
-            let v = try w.tensor(p + "self_attn.v_proj.weight", shape: [kvDim, h])
+            let q = try matrix(p + "self_attn.q_proj.weight", [qDim, h])
+            let k = try matrix(p + "self_attn.k_proj.weight", [kvDim, h])
+            let v = try matrix(p + "self_attn.v_proj.weight", [kvDim, h])
             return Layer(
                 inputNorm: try floats(p + "input_layernorm.weight", h),
-                q: q, k: k, v: v, o: try w.tensor(p + "self_attn.o_proj.weight", shape: [h, qDim]), qkv: [q, k, v],
+                q: q, k: k, v: v, o: try matrix(p + "self_attn.o_proj.weight", [h, qDim]), qkv: [q, k, v],
                 qBias: try optionalFloats(p + "self_attn.q_proj.bias", qDim, c.queryKeyValueBias),
                 kBias: try optionalFloats(p + "self_attn.k_proj.bias", kvDim, c.queryKeyValueBias),
                 vBias: try optionalFloats(p + "self_attn.v_proj.bias", kvDim, c.queryKeyValueBias),
@@ -139,7 +141,7 @@ public final class TransformerModel {
         }
         embedding = try w.tensor("model.embed_tokens.weight", shape: [c.vocabularySize, h])
         finalNorm = try floats("model.norm.weight", h)
-        outputHead = c.tieWordEmbeddings ? embedding : try w.tensor("lm_head.weight", shape: [c.vocabularySize, h])
+        outputHead = c.tieWordEmbeddings ? embedding : try matrix("lm_head.weight", [c.vocabularySize, h])
         let n = maximumTokens
         hidden = try FloatBuffer(rows: n, columns: h)
         normed = try FloatBuffer(rows: n, columns: h)

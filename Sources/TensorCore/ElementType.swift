@@ -11,12 +11,16 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
     case q8_0
     /// ggml Q4_0: blocks of 32 weights, an fp16 scale then 16 bytes of nibbles (18 bytes).
     case q4_0
+    /// Q4_0 with eight rows interleaved per block: Quill's in-memory layout for the weights
+    /// of matrix products (`Tensor.interleavedForMatmul()`), never a file format. The same
+    /// 18 bytes per 32 weights; a tensor's row count must be a multiple of 8.
+    case q4_0x8
 
     /// Elements per block (1 for the float types).
     public var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0: return 32
+        case .q8_0, .q4_0, .q4_0x8: return 32
         }
     }
 
@@ -26,7 +30,7 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
         case .f32: return 4
         case .f16, .bf16: return 2
         case .q8_0: return 34
-        case .q4_0: return 18
+        case .q4_0, .q4_0x8: return 18
         }
     }
 
@@ -62,6 +66,7 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
         case .bf16: return 2
         case .q8_0: return 3
         case .q4_0: return 4
+        case .q4_0x8: return 5
         }
     }
 }

@@ -116,7 +116,7 @@ public enum Kernels {
         let blocks = k / 32, pairs = (blocks + 1) / 2
         var blockActivations: UnsafeMutablePointer<quill_activation_block>?
         var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
-        if type == .q8_0 {
+        if type == .q8_0 || type == .q4_0x8 {
             let raw = try context.quantizedInput.reserve(m * blocks * MemoryLayout<quill_activation_block>.stride)
             let pointer = raw.bindMemory(to: quill_activation_block.self, capacity: m * blocks)
             for i in 0..<m { quill_quantize_activation(input + i * k, Int64(k), pointer + i * blocks) }
@@ -158,6 +158,11 @@ public enum Kernels {
     /// Rows `begin..<end` of one matrix of a GEMV job, for every activation row.
     private static func gemvRows(_ job: GemvJob, _ part: GemvParts.Part, _ begin: Int, _ end: Int) {
         let m = job.rows, k = job.k, n = part.rows
+        // Interleaved Q4_0: eight weight rows per block and up to four activation rows at once.
+        if job.type == .q4_0x8 {
+            quill_gemv_q4_0x8_rows(part.weights, Int64(k), job.blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
+            return
+        }
         // Quantized weights and several rows: each weight block unpacked once for all rows.
         if job.type == .q4_0 && m > 1 {
             quill_gemv_q4_0_rows(part.weights, part.stride, job.pairActivations!, Int64(k), part.output, Int64(n),
@@ -194,6 +199,7 @@ public enum Kernels {
                 case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
                 case .q8_0: quill_gemv_q8_0(w, stride, job.blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
                 case .q4_0: quill_gemv_q4_0(w, stride, job.pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
+                case .q4_0x8: break  // handled above
                 }
             }
             start = stop
@@ -221,13 +227,14 @@ public enum Kernels {
             self[count - 1] = Part(weights: weight.rawPointer, stride: Int64(weight.rowStride), rows: weight.rows, output: output)
         }
 
-        /// Splits each matrix into 16 chunks per thread (of a multiple of 4 rows, at least 16).
+        /// Splits each matrix into 16 chunks per thread (of a multiple of 8 rows, at least 16:
+        /// Q4_0x8 groups never straddle two chunks).
         mutating func divide(threads: Int) {
             totalTasks = 0
             for index in 0..<count {
                 var part = self[index]
                 let n = part.rows
-                part.chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 3) / 4 * 4)
+                part.chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 7) / 8 * 8)
                 part.tasks = (n + part.chunk - 1) / part.chunk
                 totalTasks += part.tasks
                 self[index] = part

@@ -5,6 +5,7 @@ import CQuillKernels
 public enum Quantization {
     /// Encodes `values` as `type`. The count must be a whole number of blocks.
     public static func encode(_ values: [Float], as type: ElementType) throws -> [UInt8] {
+        try requireRowMajor(type, "encode")
         let bytes = try type.byteCount(elements: values.count, operation: "encode as \(type)")
         var output = [UInt8](repeating: 0, count: bytes)
         values.withUnsafeBufferPointer { input in
@@ -18,6 +19,7 @@ public enum Quantization {
 
     /// Decodes `bytes` holding `count` elements of `type` to float32.
     public static func decode(_ bytes: [UInt8], as type: ElementType, count: Int) throws -> [Float] {
+        try requireRowMajor(type, "decode")
         let needed = try type.byteCount(elements: count, operation: "decode \(type)")
         guard bytes.count >= needed else {
             throw TensorError.bufferTooSmall(operation: "decode \(type)", needed: needed, available: bytes.count)
@@ -32,7 +34,16 @@ public enum Quantization {
         return output
     }
 
+    /// Q4_0x8 interleaves groups of eight rows, so it has no meaning for a lone run of values.
+    private static func requireRowMajor(_ type: ElementType, _ operation: String) throws {
+        guard type != .q4_0x8 else {
+            throw TensorError.invalidArgument(operation: "\(operation) \(type)",
+                                              detail: "Q4_0x8 interleaves rows: convert a tensor with Tensor.converted(to:) instead")
+        }
+    }
+
     /// Encodes `count` floats (a whole number of blocks; callers validate) into `destination`.
+    /// For Q4_0x8 this writes one plain Q4_0 row: `Tensor.converted(to:)` interleaves the rows.
     static func encode(_ source: UnsafePointer<Float>, count: Int, as type: ElementType, into destination: UnsafeMutableRawPointer) {
         let n = Int64(count)
         switch type {
@@ -40,7 +51,7 @@ public enum Quantization {
         case .f16: quill_f32_to_f16(source, destination.assumingMemoryBound(to: UInt16.self), n)
         case .bf16: quill_f32_to_bf16(source, destination.assumingMemoryBound(to: UInt16.self), n)
         case .q8_0: quill_quantize_q8_0(source, destination, n)
-        case .q4_0: quill_quantize_q4_0(source, destination, n)
+        case .q4_0, .q4_0x8: quill_quantize_q4_0(source, destination, n)
         }
     }
 }

@@ -86,6 +86,9 @@ public struct Tensor: Sendable, CustomStringConvertible {
                 operation: operation,
                 detail: "innermost dimension \(columns) is not a multiple of the \(elementType) block size \(elementType.blockSize)")
         }
+        if elementType == .q4_0x8 && columns > 0 && (elements / columns) % 8 != 0 {
+            throw TensorError.invalidShape(operation: operation, detail: "Q4_0x8 needs a multiple of 8 rows, not \(elements / columns)")
+        }
         let bytes = try elementType.byteCount(elements: elements, operation: operation)
         guard byteOffset >= 0, byteOffset <= storage.byteCount, bytes <= storage.byteCount - byteOffset else {
             throw TensorError.bufferTooSmall(operation: operation, needed: byteOffset.addingReportingOverflow(bytes).partialValue,
@@ -152,6 +155,9 @@ public struct Tensor: Sendable, CustomStringConvertible {
             throw TensorError.invalidArgument(operation: "slice of '\(name)'", detail: "range \(range) outside \(shape)")
         }
         let stride = outer == 0 ? 0 : byteCount / outer
+        if elementType == .q4_0x8 && outer > 0 && (rows / outer * range.lowerBound) % 8 != 0 {
+            throw TensorError.invalidArgument(operation: "slice of '\(name)'", detail: "range \(range) splits a group of 8 interleaved rows")
+        }
         return try Tensor(name: name, elementType: elementType, shape: [range.count] + shape.dropFirst(),
                           storage: storage, byteOffset: byteOffset + range.lowerBound * stride)
     }
@@ -185,10 +191,29 @@ public struct Tensor: Sendable, CustomStringConvertible {
         return result
     }
 
+    /// The tensor as matrix products read Q4_0 fastest: a Q4_0 matrix whose row count is a
+    /// multiple of 8 becomes Q4_0x8 (the same bytes, eight rows interleaved per block);
+    /// anything else is returned as it is.
+    public func interleavedForMatmul(pool: ThreadPool? = nil) throws -> Tensor {
+        guard elementType == .q4_0, shape.count >= 2, rows > 0, rows % 8 == 0 else { return self }
+        return try converted(to: .q4_0x8, pool: pool)
+    }
+
     /// A new owned tensor with the same values in `type`: float conversion, quantization
     /// (GGML's reference rounding) or dequantization. Rows are processed on `pool`.
     public func converted(to type: ElementType, pool: ThreadPool? = nil) throws -> Tensor {
         if type == elementType { return self }
+        if type == .q4_0x8 {
+            guard rows % 8 == 0 else {
+                throw TensorError.invalidShape(operation: "converting '\(name)' to \(type)", detail: "\(rows) rows is not a multiple of 8")
+            }
+            let plain = try converted(to: .q4_0, pool: pool)
+            let storage = try TensorStorage(byteCount: plain.byteCount) { output in
+                guard let base = output.baseAddress else { return }
+                quill_repack_q4_0x8(plain.rawPointer, Int64(plain.rows), Int64(plain.columns), base)
+            }
+            return try Tensor(name: name, elementType: type, shape: shape, storage: storage)
+        }
         guard columns % type.blockSize == 0 else {
             throw TensorError.invalidShape(operation: "converting '\(name)' to \(type)",
                                            detail: "innermost dimension \(columns) is not a multiple of \(type.blockSize)")

@@ -8,6 +8,9 @@ import Testing
     static let floatShapes: [(n: Int, k: Int)] = [(1, 1), (3, 7), (4, 8), (5, 15), (9, 16), (17, 17), (6, 33), (13, 100), (8, 256)]
     static let quantizedShapes: [(n: Int, k: Int)] = [(1, 32), (3, 64), (4, 96), (5, 160), (17, 512), (9, 32)]
 
+    /// Q4_0x8 interleaves groups of eight rows: its tests round row counts up to a multiple of 8.
+    static func rows(_ n: Int, _ type: ElementType) -> Int { type == .q4_0x8 ? (n + 7) / 8 * 8 : n }
+
     func weight(_ type: ElementType, n: Int, k: Int, seed: UInt64) throws -> Tensor {
         try Tensor(name: "w", shape: [n, k], values: randomFloats(n * k, seed: seed)).converted(to: type)
     }
@@ -44,12 +47,14 @@ import Testing
         }
     }
 
-    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.q8_0, .q4_0])
+    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.q8_0, .q4_0, .q4_0x8])
     func quantizedGEMV(level: KernelLevel, type: ElementType) throws {
         let context = try ComputeContext(threads: 1)
         try KernelLevel.withThreadLevel(level) {
             for (index, shape) in Self.quantizedShapes.enumerated() {
-                for m in [1, 2, 7] { try check(type: type, n: shape.n, k: shape.k, m: m, context: context, seed: UInt64(index * 10 + m)) }
+                for m in [1, 2, 7] {
+                    try check(type: type, n: Self.rows(shape.n, type), k: shape.k, m: m, context: context, seed: UInt64(index * 10 + m))
+                }
             }
         }
     }
@@ -59,15 +64,15 @@ import Testing
         let context = try ComputeContext(threads: 1)
         let k = type.isQuantized ? 64 : 37
         // 300 rows span three 128-row tiles, the last one partial.
-        try check(type: type, n: 300, k: k, m: 8, context: context, seed: 99)
-        try check(type: type, n: 5, k: k, m: 21, context: context, seed: 98)
+        try check(type: type, n: Self.rows(300, type), k: k, m: 8, context: context, seed: 99)
+        try check(type: type, n: Self.rows(5, type), k: k, m: 21, context: context, seed: 98)
     }
 
     @Test(arguments: ElementType.allCases)
     func parallelPathsMatchReference(type: ElementType) throws {
         let context = try ComputeContext(threads: 2)
         for m in [1, 5, 8, 19] {
-            try check(type: type, n: 1001, k: 128, m: m, context: context, seed: UInt64(m))
+            try check(type: type, n: Self.rows(1001, type), k: 128, m: m, context: context, seed: UInt64(m))
         }
     }
 
@@ -79,7 +84,7 @@ import Testing
         let context = try ComputeContext(threads: 1)  // the kernel level is per thread
         try KernelLevel.withThreadLevel(level) {
             for (index, k) in [32, 96, 160, 256].enumerated() {
-                let n = 37, m = 9
+                let n = Self.rows(37, type), m = 9
                 let w = try weight(type, n: n, k: k, seed: UInt64(200 + index))
                 let input = try FloatBuffer(rows: m, columns: k, values: randomFloats(m * k, seed: UInt64(300 + index), scale: 2))
                 let together = try FloatBuffer(rows: m, columns: n), alone = try FloatBuffer(rows: m, columns: n)
@@ -100,7 +105,7 @@ import Testing
     @Test(arguments: ElementType.allCases)
     func fusedWeightsEqualSeparateCalls(type: ElementType) throws {
         let context = try ComputeContext(threads: 2)
-        let k = 96, counts = [37, 16, 5, 21, 8]
+        let k = 96, counts = [37, 16, 5, 21, 8].map { Self.rows($0, type) }
         let weights = try counts.enumerated().map { try weight(type, n: $1, k: k, seed: UInt64(400 + $0)) }
         let input = try FloatBuffer(rows: 9, columns: k, values: randomFloats(9 * k, seed: 410, scale: 2))
         for (m, path, used) in [(1, Kernels.MatmulPath.automatic, 3), (3, .automatic, 2), (9, .rowwise, 4), (9, .automatic, 3), (3, .automatic, 5)] {
@@ -114,7 +119,7 @@ import Testing
         }
         // Mixed element types run one by one, with the same results.
         let mixed = [weights[0], try weight(type == .f32 ? .q8_0 : .f32, n: 7, k: k, seed: 420)]
-        let outputs = try [FloatBuffer(rows: 1, columns: 37), FloatBuffer(rows: 1, columns: 7)]
+        let outputs = try [FloatBuffer(rows: 1, columns: counts[0]), FloatBuffer(rows: 1, columns: 7)]
         try Kernels.matmul(weights: mixed, input: input, rows: 0..<1, outputs: outputs, path: .automatic, context: context)
         let alone = try FloatBuffer(rows: 1, columns: 7)
         try Kernels.matmul(weight: mixed[1], input: input, rows: 0..<1, output: alone, path: .automatic, context: context)

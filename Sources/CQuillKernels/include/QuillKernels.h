@@ -99,6 +99,16 @@ void quill_gemv_q4_0(const void *w, int64_t row_stride, const quill_activation_p
 /// weight block read once for up to four rows; bit-identical to quill_gemv_q8_0 per row.
 void quill_gemv_q8_0_rows(const void *w, int64_t row_stride, const quill_activation_block *x, int64_t k,
                           float *y, int64_t y_stride, int64_t row_begin, int64_t row_end, int64_t m);
+/// Q4_0 with eight rows interleaved per block (see q4x8.c): rows must be a multiple of 8.
+/// Repacks row-major Q4_0 rows (k/32 blocks of 18 bytes each) into dst (the same size).
+void quill_repack_q4_0x8(const void *src, int64_t rows, int64_t k, void *dst);
+/// Rows [row_begin, row_end) of an interleaved Q4_0 matrix as floats (k per row).
+void quill_dequantize_q4_0x8_rows(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst);
+/// y[i * y_stride + r] = dot(W[r], activation row i) for r in [row_begin, row_end) (multiples
+/// of 8) and i < m, with activation row i at x + i * (k/32) (quill_quantize_activation).
+/// Each row's result is the same whatever m is.
+void quill_gemv_q4_0x8_rows(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t y_stride,
+                            int64_t row_begin, int64_t row_end, int64_t m);
 /// m activation rows at once (x: m rows of (k/32 + 1)/2 pairs; y: row i at y + i·y_stride),
 /// each weight block unpacked once for up to four rows. Every result is bit-identical to
 /// quill_gemv_q4_0 on that activation row alone.
@@ -112,7 +122,8 @@ void quill_dequantize_q4_K(const void *src, float *dst, int64_t n);
 void quill_dequantize_q6_K(const void *src, float *dst, int64_t n);
 
 /// Dequantizes rows [row_begin, row_end) of a weight matrix of any supported type into
-/// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0.
+/// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0, 5 q4_0x8
+/// (row_stride unused: see quill_dequantize_q4_0x8_rows).
 void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
                            int64_t row_begin, int64_t row_end, float *dst);
 

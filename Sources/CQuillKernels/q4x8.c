@@ -1,0 +1,134 @@
+// Q4_0 weights with eight rows interleaved per block (Quill's in-memory layout for matrix
+// products; files keep ggml's row-major Q4_0). Group g of rows 8g ... 8g + 7, block b of
+// their 32-column blocks, is 144 bytes at (g * blocks + b) * 144:
+//   uint16 d[8]      the eight rows' F16 scales
+//   uint8 qs[4][32]  chunk c holds bytes 4c ... 4c + 3 of each row's 16 quant bytes, row r at 4r
+// One 32-byte load then feeds one maddubs for all eight rows (low nibbles: columns 4c ...
+// 4c + 3, high nibbles: 16 + 4c ...), against four activation bytes broadcast to every row:
+// the row sums of a block land one per lane, with no horizontal sums and one scale
+// conversion for eight rows. Against one row at a time this halves the instructions per
+// weight, which is what batched decoding (compute-bound without VNNI) runs into.
+#include "internal.h"
+#include <math.h>
+
+#define GROUP_BYTES (8 * QUILL_Q4_0_BLOCK_BYTES)
+
+void quill_repack_q4_0x8(const void *src, int64_t rows, int64_t k, void *dst) {
+    const int64_t nb = k / QUILL_QK;
+    const uint8_t *in = (const uint8_t *)src;
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t g = 0; g < rows / 8; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = out + (g * nb + b) * GROUP_BYTES;
+            for (int64_t r = 0; r < 8; r++) {
+                const uint8_t *block = in + ((g * 8 + r) * nb + b) * QUILL_Q4_0_BLOCK_BYTES;
+                memcpy(o + 2 * r, block, 2);
+                for (int c = 0; c < 4; c++) memcpy(o + 16 + 32 * c + 4 * r, block + 2 + 4 * c, 4);
+            }
+        }
+}
+
+void quill_dequantize_q4_0x8_rows(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
+    const int64_t nb = k / QUILL_QK;
+    for (int64_t row = row_begin; row < row_end; row++, dst += k) {
+        const int64_t g = row / 8, r = row % 8;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = (const uint8_t *)w + (g * nb + b) * GROUP_BYTES;
+            const float d = quill_f16_table[quill_read_u16(blk + 2 * r)];
+            float *o = dst + b * QUILL_QK;
+            for (int c = 0; c < 4; c++)
+                for (int j = 0; j < 4; j++) {
+                    const uint8_t byte = blk[16 + 32 * c + 4 * r + j];
+                    o[4 * c + j] = (float)((int)(byte & 0x0F) - 8) * d;
+                    o[16 + 4 * c + j] = (float)((int)(byte >> 4) - 8) * d;
+                }
+        }
+    }
+}
+
+// The portable path: each row's integer block sums as the vector kernel forms them.
+static void gemv_q4_0x8_rows_scalar(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t ys,
+                                    int64_t r0, int64_t r1, int64_t m) {
+    const int64_t nb = k / QUILL_QK;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t row = r0; row < r1; row++) {
+            const int64_t g = row / 8, r = row % 8;
+            float acc = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = (const uint8_t *)w + (g * nb + b) * GROUP_BYTES;
+                const quill_activation_block *a = x + i * nb + b;
+                int32_t sum = a->offset[0];
+                for (int c = 0; c < 4; c++)
+                    for (int j = 0; j < 4; j++) {
+                        const uint8_t byte = blk[16 + 32 * c + 4 * r + j];
+                        sum += (byte & 0x0F) * a->q[4 * c + j] + (byte >> 4) * a->q[16 + 4 * c + j];
+                    }
+                acc += (float)sum * (quill_f16_table[quill_read_u16(blk + 2 * r)] * a->d[0]);
+            }
+            y[i * ys + row] = acc;
+        }
+}
+
+#ifdef QUILL_X86
+#include <immintrin.h>
+
+// `rows` (1 to 4, a constant after inlining) activation rows against one group of eight
+// weight rows: each chunk is unpacked once for all of them. An activation row's operations
+// do not depend on how many rows share the call, so batched results equal single-row ones.
+static inline __attribute__((always_inline)) QUILL_AVX2 void q4x8_rows(const uint8_t *group, int64_t nb,
+                                                                        const quill_activation_block *x, int64_t x_stride,
+                                                                        float *y, int64_t ys, const int rows) {
+    const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int i = 0; i < rows; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = group + b * GROUP_BYTES;
+        // Eight products of at most 15 × 127 per int16 lane pair stay below 2^15.
+        __m256i sums[4];
+        for (int i = 0; i < rows; i++) sums[i] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16 + 32 * c));
+            const __m256i low = _mm256_and_si256(raw, mask), high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            for (int i = 0; i < rows; i++) {
+                const int8_t *q = x[i * x_stride + b].q;
+                int32_t lo_bytes, hi_bytes;
+                memcpy(&lo_bytes, q + 4 * c, 4);
+                memcpy(&hi_bytes, q + 16 + 4 * c, 4);
+                sums[i] = _mm256_add_epi16(sums[i], _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_set1_epi32(lo_bytes)),
+                                                                     _mm256_maddubs_epi16(high, _mm256_set1_epi32(hi_bytes))));
+            }
+        }
+        const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)blk));
+        for (int i = 0; i < rows; i++) {
+            const quill_activation_block *a = x + i * x_stride + b;
+            const __m256i total = _mm256_add_epi32(_mm256_madd_epi16(sums[i], ones), _mm256_set1_epi32(a->offset[0]));
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(scales, _mm256_broadcast_ss(a->d)), acc[i]);
+        }
+    }
+    for (int i = 0; i < rows; i++) _mm256_storeu_ps(y + i * ys, acc[i]);
+}
+
+static QUILL_AVX2 void gemv_q4_0x8_rows_avx2(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t ys,
+                                            int64_t r0, int64_t r1, int64_t m) {
+    const int64_t nb = k / QUILL_QK;
+    for (int64_t g = r0 / 8; g < r1 / 8; g++) {
+        const uint8_t *group = (const uint8_t *)w + g * nb * GROUP_BYTES;
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 4);
+        switch (m - i) {
+        case 3: q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 3); break;
+        case 2: q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 2); break;
+        case 1: q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 1); break;
+        default: break;
+        }
+    }
+}
+#endif
+
+void quill_gemv_q4_0x8_rows(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t y_stride,
+                            int64_t row_begin, int64_t row_end, int64_t m) {
+#ifdef QUILL_X86
+    if (quill_kernel_level() == 1) { gemv_q4_0x8_rows_avx2(w, k, x, y, y_stride, row_begin, row_end, m); return; }
+#endif
+    gemv_q4_0x8_rows_scalar(w, k, x, y, y_stride, row_begin, row_end, m);
+}
