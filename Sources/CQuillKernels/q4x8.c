@@ -28,7 +28,7 @@ void quill_repack_q4_0x8(const void *src, int64_t rows, int64_t k, void *dst) {
         }
 }
 
-void quill_dequantize_q4_0x8_rows(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
+static void dequantize_q4_0x8_rows_scalar(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
     const int64_t nb = k / QUILL_QK;
     for (int64_t row = row_begin; row < row_end; row++, dst += k) {
         const int64_t g = row / 8, r = row % 8;
@@ -123,7 +123,54 @@ static QUILL_AVX2 void gemv_q4_0x8_rows_avx2(const void *w, int64_t k, const qui
         }
     }
 }
+
+// Whole groups of eight rows: a 4 × 8 transpose of 4-byte pieces gives each row its 16
+// quant bytes back in Q4_0 order, converted as quill_dequantize_q4_0 converts a block.
+static QUILL_AVX2 void dequantize_q4_0x8_rows_avx2(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
+    const int64_t nb = k / QUILL_QK;
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    int64_t row = row_begin;
+    for (; row < row_end && (row % 8 != 0 || row + 8 > row_end); row++)  // a partial group first
+        dequantize_q4_0x8_rows_scalar(w, k, row, row + 1, dst + (row - row_begin) * k);
+    for (; row + 8 <= row_end; row += 8) {
+        const int64_t g = row / 8;
+        float *out = dst + (row - row_begin) * k;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = (const uint8_t *)w + (g * nb + b) * GROUP_BYTES;
+            const __m256i c0 = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16));
+            const __m256i c1 = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 48));
+            const __m256i c2 = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 80));
+            const __m256i c3 = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 112));
+            const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+            const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+            // Rows r (low lane) and r + 4 (high lane) for r = 0 ... 3.
+            const __m256i pairs[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                                      _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+            for (int r = 0; r < 8; r++) {
+                const __m128i raw = r < 4 ? _mm256_castsi256_si128(pairs[r]) : _mm256_extracti128_si256(pairs[r - 4], 1);
+                const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
+                const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
+                const __m256 scale = _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(blk + 2 * r)]);
+                const __m256i bytes = _mm256_set_m128i(hi, lo);
+                float *o = out + r * k + b * QUILL_QK;
+                const __m128i l = _mm256_castsi256_si128(bytes), h = _mm256_extracti128_si256(bytes, 1);
+                _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(l)), scale));
+                _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(l, 8))), scale));
+                _mm256_storeu_ps(o + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h)), scale));
+                _mm256_storeu_ps(o + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(h, 8))), scale));
+            }
+        }
+    }
+    for (; row < row_end; row++) dequantize_q4_0x8_rows_scalar(w, k, row, row + 1, dst + (row - row_begin) * k);
+}
 #endif
+
+void quill_dequantize_q4_0x8_rows(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
+#ifdef QUILL_X86
+    if (quill_kernel_level() == 1) { dequantize_q4_0x8_rows_avx2(w, k, row_begin, row_end, dst); return; }
+#endif
+    dequantize_q4_0x8_rows_scalar(w, k, row_begin, row_end, dst);
+}
 
 void quill_gemv_q4_0x8_rows(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t y_stride,
                             int64_t row_begin, int64_t row_end, int64_t m) {
