@@ -125,4 +125,12 @@ print(String(format: "KV memory for %d sequences of 20-2000 tokens (mean %d), co
              sequences, tokens / sequences, maximumContext, Double(paged - tokens) / Double(tokens) * 100,
              Double(sequences * maximumContext - tokens) / Double(tokens) * 100,
              Double(sequences * maximumContext - tokens) / Double(sequences * maximumContext) * 100))
+// Bytes of keys and values per token of context, by storage type, for this benchmark's shape.
+let perToken = try [ElementType.f32, .f16, .q8_0].map { type -> String in
+    let shape = KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d, elementType: type, memoryBudget: 0)
+    _ = try PagedKVCache(configuration: KVCacheConfiguration(layers: layers, keyValueHeads: kvHeads, headDimension: d, elementType: type,
+                                                             memoryBudget: shape.blockBytes))  // the shape is valid for this type
+    return String(format: "%@ %.1f KB", type.description, Double(shape.blockBytes / shape.blockSize) / 1024)
+}
+print("KV bytes per token (\(layers) layers, \(kvHeads) KV heads of \(d)): " + perToken.joined(separator: ", "))
 }
