@@ -164,6 +164,10 @@ public struct Tensor: Sendable, CustomStringConvertible {
 
     /// The same bytes under another shape with the same element count and innermost blocks.
     public func reshaped(_ newShape: [Int]) throws -> Tensor {
+        // Q4_0x8's groups interleave whole rows: a new row width would reread them wrongly.
+        if elementType == .q4_0x8 && newShape.last != shape.last {
+            throw TensorError.shapeMismatch(operation: "reshape of '\(name)'", detail: "Q4_0x8 keeps its row width: \(shape) to \(newShape)")
+        }
         let tensor = try Tensor(name: name, elementType: elementType, shape: newShape, storage: storage, byteOffset: byteOffset)
         guard tensor.elementCount == elementCount else {
             throw TensorError.shapeMismatch(operation: "reshape of '\(name)'", detail: "\(shape) to \(newShape)")

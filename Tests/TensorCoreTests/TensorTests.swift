@@ -76,6 +76,8 @@ import Testing
         #expect(row == Array(q4.floats()[13 * 96..<14 * 96]))
         #expect(try x8.slice(8..<16).floats() == Array(q4.floats()[8 * 96..<16 * 96]))
         #expect(throws: TensorError.self) { try x8.slice(4..<12) }
+        #expect(throws: TensorError.self) { try x8.reshaped([48, 48]) }
+        #expect(try x8.reshaped([3, 8, 96]).slice(1..<2).floats() == Array(q4.floats()[8 * 96..<16 * 96]))
         #expect(throws: TensorError.self) { try Tensor(name: "w", shape: [12, 96], values: randomFloats(12 * 96, seed: 9)).converted(to: .q4_0x8) }
         #expect(throws: TensorError.self) { try Quantization.encode(values, as: .q4_0x8) }
         // Not Q4_0, or rows that do not fill groups of eight: unchanged.
