@@ -14,8 +14,8 @@ import Testing
 
     /// A sequence of `length` random keys/values and `rows` random queries for the last positions.
     static func setup(headDimension d: Int, group: Int, length: Int, rows: Int, type: ElementType = .f32,
-                      scrambleBlocks: Bool = false, seed: UInt64 = 1) throws -> Setup {
-        let kvHeads = 2, blockSize = 16
+                      scrambleBlocks: Bool = false, seed: UInt64 = 1, blockSize: Int = 16) throws -> Setup {
+        let kvHeads = 2
         let shape = KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d, blockSize: blockSize, elementType: type, memoryBudget: 0)
         let blocksNeeded = (length + blockSize - 1) / blockSize + 8
         let cache = try PagedKVCache(configuration: KVCacheConfiguration(layers: 1, keyValueHeads: kvHeads, headDimension: d,
@@ -158,6 +158,21 @@ import Testing
                     let worst = zip(output.values(), expected).map { abs(Double($0) - $1) }.max() ?? 0
                     #expect(worst <= 1e-5, "\(level) d=\(headDimension) group=\(group) length=\(length) window=\(window.map(String.init) ?? "none"): \(worst)")
                 }
+            }
+        }
+    }
+
+    /// Blocks of other than 16 tokens take the portable path (the vector kernels assume 16),
+    /// for every storage type.
+    @Test(arguments: [ElementType.f32, .f16, .q8_0])
+    func otherBlockSizesMatchReference(type: ElementType) throws {
+        for blockSize in [5, 32] {
+            let s = try Self.setup(headDimension: 64, group: 4, length: 150, rows: 6, type: type, seed: UInt64(blockSize), blockSize: blockSize)
+            for window in [nil, 40] as [Int?] {
+                let output = try Self.run(s, rows: 6, firstPosition: 144, window: window)
+                let expected = try Self.reference(s, rows: 6, firstPosition: 144, window: window)
+                let worst = zip(output.values(), expected).map { abs(Double($0) - $1) }.max() ?? 0
+                #expect(worst <= 1e-5, "\(type) block size \(blockSize) window \(window.map(String.init) ?? "none"): \(worst)")
             }
         }
     }
