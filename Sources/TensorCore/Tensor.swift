@@ -47,6 +47,22 @@ public final class TensorStorage: Sendable {
 
     /// The first byte (nil only for an empty mapped file).
     public var baseAddress: UnsafeRawPointer? { UnsafeRawPointer(bitPattern: address) }
+
+    /// Whether the bytes are a mapped file's (read from disk on demand) rather than owned.
+    public var isMapped: Bool { file != nil }
+
+    /// Lets the system drop the resident pages that lie wholly inside bytes
+    /// [offset, offset + count) of a mapped file: for weights that were copied into another
+    /// layout, so the process does not hold both. Reading them again faults them back in
+    /// from the file; owned storage is left as it is.
+    public func releaseMappedPages(offset: Int, count: Int) {
+        guard file != nil, count > 0, offset >= 0, offset <= byteCount - count, let base = baseAddress else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset + page - 1) / page * page, end = (offset + count) / page * page
+        guard end > start else { return }
+        // The mapping is private and read-only, so its pages are never dirty: dropping them loses nothing.
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
 }
 
 /// An immutable n-dimensional array of any `ElementType`, viewing bytes of a
@@ -216,6 +232,8 @@ public struct Tensor: Sendable, CustomStringConvertible {
                 guard let base = output.baseAddress else { return }
                 quill_repack_q4_0x8(plain.rawPointer, Int64(plain.rows), Int64(plain.columns), base)
             }
+            // A GGUF's Q4_0 pages were read once to repack them: the process need not keep them.
+            plain.storage.releaseMappedPages(offset: plain.byteOffset, count: plain.byteCount)
             return try Tensor(name: name, elementType: type, shape: shape, storage: storage)
         }
         guard columns % type.blockSize == 0 else {

@@ -84,6 +84,41 @@ import Testing
         #expect(resident >= weights)  // the weights really were read
     }
 
+    /// A mapped Q4_0 matrix interleaved for the kernels (as a Q4_0 GGUF is at load) does not
+    /// stay resident twice: the file's pages are released once copied. In a child process,
+    /// for the same reasons as above.
+    @Test(.enabled(if: !quill_sanitizer_build(), "sanitizer shadow memory inflates the resident size"))
+    func interleavingMappedQ4ReleasesTheFilePages() async throws {
+        let result = try #require(await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
+            let rows = 2048, columns = 8192, bytes = rows * columns / 32 * 18  // 9 MiB, four times over
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("quill-q4-\(UUID().uuidString).bin").path
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            var data = Data(count: bytes * 4)
+            data.withUnsafeMutableBytes { raw in
+                for block in 0..<(bytes * 4 / 18) {  // scale 1.0, nibbles from the block index
+                    raw[block * 18] = 0x00; raw[block * 18 + 1] = 0x3C
+                    for j in 2..<18 { raw[block * 18 + j] = UInt8(truncatingIfNeeded: block &* 31 &+ j) }
+                }
+            }
+            try data.write(to: URL(fileURLWithPath: path))
+            let storage = TensorStorage(file: try MappedFile(path: path))
+            let tensor = try Tensor(name: "w", elementType: .q4_0, shape: [rows * 4, columns], storage: storage)
+            let values = tensor.floats()  // every page of the file is now resident
+            let before = MemoryTests.residentBytes()
+            let interleaved = try tensor.interleavedForMatmul()
+            let after = MemoryTests.residentBytes()
+            let same = interleaved.floats() == values && tensor.floats() == values  // the file reads back after the release
+            print(bytes * 4, before, after, same ? 1 : 0)
+        })
+        let fields = String(decoding: result.standardOutputContent, as: UTF8.self).split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        try #require(fields.count == 4)
+        let (file, before, after) = (fields[0], fields[1], fields[2])
+        print("Q4_0 file \(file >> 20) MiB, resident before interleaving \(before >> 20) MiB, after \(after >> 20) MiB")
+        #expect(fields[3] == 1)
+        // The interleaved copy adds the file's size; the released pages take as much back.
+        #expect(after < before + file / 4)
+    }
+
     /// VmRSS of this process, in bytes.
     static func residentBytes() -> Int {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
