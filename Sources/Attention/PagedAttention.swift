@@ -74,32 +74,33 @@ public enum PagedAttention {
             throw TensorError.shapeMismatch(operation: operation(), detail: "queries \(queries.rows)×\(queries.columns), output \(output.rows)×\(output.columns)")
         }
         if let window, window < 1 { throw TensorError.invalidArgument(operation: operation(), detail: "window \(window) must be ≥ 1") }
-        var tableEntries = 0
+        let group = queries.columns / d / c.keyValueHeads
+        let threads = context.threadCount
+        // Validates every item and sizes the scratch: the block tables the items read and the
+        // split-K partials. (Comparisons are written so that no sum can overflow.)
+        var tableEntries = 0, partialFloats = 0
         for (index, item) in batch.enumerated() {
             let n = item.rows
-            guard n >= 0, item.firstRow >= 0, item.firstRow + n <= queries.rows, item.firstRow + n <= output.rows, item.firstPosition >= 0 else {
+            guard n >= 0, item.firstRow >= 0, item.firstRow <= min(queries.rows, output.rows) - n, item.firstPosition >= 0 else {
                 throw TensorError.shapeMismatch(operation: operation(), detail: "\(n) rows from row \(item.firstRow), queries \(queries.rows)×\(queries.columns), output \(output.rows)×\(output.columns)")
             }
             for other in batch[..<index] where other.rows > 0 && n > 0
                 && other.firstRow < item.firstRow + n && item.firstRow < other.firstRow + other.rows {
                 throw TensorError.invalidArgument(operation: operation(), detail: "the rows of \(item.sequence) and \(other.sequence) overlap")
             }
-            let blocks = try cache.blockTable(of: item.sequence).count
-            guard item.firstPosition + n <= blocks * c.blockSize else {
-                throw KVCacheError.positionOutOfRange(sequence: item.sequence.rawValue, position: item.firstPosition + n - 1, length: blocks * c.blockSize)
+            let length = try cache.blockTable(of: item.sequence).count * c.blockSize
+            guard item.firstPosition <= length - n else {
+                throw KVCacheError.positionOutOfRange(sequence: item.sequence.rawValue,
+                                                      position: item.firstPosition.addingReportingOverflow(n - 1).partialValue, length: length)
             }
-            if n > 0 { tableEntries += (item.firstPosition + n - 1) / c.blockSize + 1 }
-        }
-        let group = queries.columns / d / c.keyValueHeads
-        let threads = context.threadCount
-
-        // Per-item plans, the block tables they read and the split-K partials, in one scratch.
-        let plans = batch.count, planBytes = (plans * MemoryLayout<Plan>.stride + 63) / 64 * 64
-        var partialFloats = 0
-        for item in batch {
+            guard n > 0 else { continue }
+            tableEntries += (item.firstPosition + n - 1) / c.blockSize + 1
             let plan = Plan(item, blockSize: c.blockSize, window: window, keyValueHeads: c.keyValueHeads, threads: threads)
-            if plan.segments > 1 { partialFloats += c.keyValueHeads * plan.segments * item.rows * group * (d + 2) }
+            if plan.segments > 1 { partialFloats += c.keyValueHeads * plan.segments * n * group * (d + 2) }
         }
+
+        // Per-item plans, then the tables and partials, in one scratch.
+        let plans = batch.count, planBytes = (plans * MemoryLayout<Plan>.stride + 63) / 64 * 64
         let scratchBytes = planBytes + tableEntries * 8 + partialFloats * MemoryLayout<Float>.stride
         let shared = try context.sharedScratch(bytes: scratchBytes)
         let plan = shared.bindMemory(to: Plan.self, capacity: plans)
@@ -133,7 +134,7 @@ public enum PagedAttention {
                                runBytes: Int64(c.runBytes), blockSize: Int64(c.blockSize), window: Int64(window ?? 0),
                                scale: scale ?? 1 / Float(d).squareRoot(), kvType: c.elementType == .q8_0 ? 2 : c.elementType == .f16 ? 1 : 0,
                                scratch: try context.perThreadScratch(bytes: scratchCount * MemoryLayout<Float>.stride),
-                               plans: UnsafePointer(plan), planCount: plans, keyValueHeads: c.keyValueHeads)
+                               plans: UnsafePointer(plan), planCount: plans)
         context.pool.parallelFor(tasks, job: job) { job, task in
             PagedAttention.run(job!.assumingMemoryBound(to: AttentionJob.self).pointee, task: Int(task))
         }
@@ -222,6 +223,6 @@ public enum PagedAttention {
         var runBytes: Int64, blockSize: Int64, window: Int64
         var scale: Float, kvType: Int32
         var scratch: UnsafePointer<UnsafeMutableRawPointer?>
-        var plans: UnsafePointer<Plan>, planCount: Int, keyValueHeads: Int
+        var plans: UnsafePointer<Plan>, planCount: Int
     }
 }

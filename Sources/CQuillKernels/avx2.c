@@ -48,14 +48,6 @@ void QUILL_AVX2 quill_f32_to_f16_avx2(const float *src, uint16_t *dst, int64_t n
 
 // MARK: - Dequantization (the GEMM path dequantizes weight tiles before sgemm)
 
-static inline QUILL_AVX2 void store_scaled_bytes(__m256i bytes, __m256 scale, float *dst) {
-    const __m128i lo = _mm256_castsi256_si128(bytes), hi = _mm256_extracti128_si256(bytes, 1);
-    _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), scale));
-    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), scale));
-    _mm256_storeu_ps(dst + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), scale));
-    _mm256_storeu_ps(dst + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), scale));
-}
-
 void QUILL_AVX2 quill_dequantize_q8_0_avx2(const void *src, float *dst, int64_t n) {
     const uint8_t *in = (const uint8_t *)src;
     for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q8_0_BLOCK_BYTES, dst += QUILL_QK)
@@ -64,13 +56,8 @@ void QUILL_AVX2 quill_dequantize_q8_0_avx2(const void *src, float *dst, int64_t 
 
 void QUILL_AVX2 quill_dequantize_q4_0_avx2(const void *src, float *dst, int64_t n) {
     const uint8_t *in = (const uint8_t *)src;
-    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-    for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q4_0_BLOCK_BYTES, dst += QUILL_QK) {
-        const __m128i raw = _mm_loadu_si128((const __m128i *)(in + 2));
-        const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
-        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
-        store_scaled_bytes(_mm256_set_m128i(hi, lo), _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(in)]), dst);
-    }
+    for (int64_t b = 0; b < n / QUILL_QK; b++, in += QUILL_Q4_0_BLOCK_BYTES, dst += QUILL_QK)
+        store_q4_0_block(_mm_loadu_si128((const __m128i *)(in + 2)), _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(in)]), dst);
 }
 
 void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t n) {

@@ -13,6 +13,23 @@ static inline QUILL_AVX2 float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+// 32 int8 values times `scale`, as floats at dst[0 ... 31].
+static inline QUILL_AVX2 void store_scaled_bytes(__m256i bytes, __m256 scale, float *dst) {
+    const __m128i lo = _mm256_castsi256_si128(bytes), hi = _mm256_extracti128_si256(bytes, 1);
+    _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), scale));
+    _mm256_storeu_ps(dst + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), scale));
+    _mm256_storeu_ps(dst + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), scale));
+    _mm256_storeu_ps(dst + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), scale));
+}
+
+// One Q4_0 block's 16 quant bytes (element j low nibble, j + 16 high) as 32 floats.
+static inline QUILL_AVX2 void store_q4_0_block(__m128i quants, __m256 scale, float *dst) {
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    const __m128i lo = _mm_sub_epi8(_mm_and_si128(quants, mask), eight);
+    const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(quants, 4), mask), eight);
+    store_scaled_bytes(_mm256_set_m128i(hi, lo), scale, dst);
+}
+
 // exp(x) for float lanes: Cephes-style range reduction to [-ln2/2, ln2/2] and a degree-5
 // polynomial; about 2 ulp over the range where expf is finite and normal.
 static inline QUILL_AVX2 __m256 exp256(__m256 x) {

@@ -9,7 +9,6 @@
 // conversion for eight rows. Against one row at a time this halves the instructions per
 // weight, which is what batched decoding (compute-bound without VNNI) runs into.
 #include "internal.h"
-#include <math.h>
 
 #define GROUP_BYTES (8 * QUILL_Q4_0_BLOCK_BYTES)
 
@@ -71,6 +70,7 @@ static void gemv_q4_0x8_rows_scalar(const void *w, int64_t k, const quill_activa
 
 #ifdef QUILL_X86
 #include <immintrin.h>
+#include "avx2_math.h"
 
 // `rows` (1 to 4, a constant after inlining) activation rows against one group of eight
 // weight rows: each chunk is unpacked once for all of them. An activation row's operations
@@ -128,7 +128,6 @@ static QUILL_AVX2 void gemv_q4_0x8_rows_avx2(const void *w, int64_t k, const qui
 // quant bytes back in Q4_0 order, converted as quill_dequantize_q4_0 converts a block.
 static QUILL_AVX2 void dequantize_q4_0x8_rows_avx2(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
     const int64_t nb = k / QUILL_QK;
-    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
     int64_t row = row_begin;
     for (; row < row_end && (row % 8 != 0 || row + 8 > row_end); row++)  // a partial group first
         dequantize_q4_0x8_rows_scalar(w, k, row, row + 1, dst + (row - row_begin) * k);
@@ -147,17 +146,8 @@ static QUILL_AVX2 void dequantize_q4_0x8_rows_avx2(const void *w, int64_t k, int
             const __m256i pairs[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
                                       _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
             for (int r = 0; r < 8; r++) {
-                const __m128i raw = r < 4 ? _mm256_castsi256_si128(pairs[r]) : _mm256_extracti128_si256(pairs[r - 4], 1);
-                const __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
-                const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
-                const __m256 scale = _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(blk + 2 * r)]);
-                const __m256i bytes = _mm256_set_m128i(hi, lo);
-                float *o = out + r * k + b * QUILL_QK;
-                const __m128i l = _mm256_castsi256_si128(bytes), h = _mm256_extracti128_si256(bytes, 1);
-                _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(l)), scale));
-                _mm256_storeu_ps(o + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(l, 8))), scale));
-                _mm256_storeu_ps(o + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h)), scale));
-                _mm256_storeu_ps(o + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(h, 8))), scale));
+                const __m128i quants = r < 4 ? _mm256_castsi256_si128(pairs[r]) : _mm256_extracti128_si256(pairs[r - 4], 1);
+                store_q4_0_block(quants, _mm256_broadcast_ss(&quill_f16_table[quill_read_u16(blk + 2 * r)]), out + r * k + b * QUILL_QK);
             }
         }
     }

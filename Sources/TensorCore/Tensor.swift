@@ -48,9 +48,6 @@ public final class TensorStorage: Sendable {
     /// The first byte (nil only for an empty mapped file).
     public var baseAddress: UnsafeRawPointer? { UnsafeRawPointer(bitPattern: address) }
 
-    /// Whether the bytes are a mapped file's (read from disk on demand) rather than owned.
-    public var isMapped: Bool { file != nil }
-
     /// Lets the system drop the resident pages that lie wholly inside bytes
     /// [offset, offset + count) of a mapped file: for weights that were copied into another
     /// layout, so the process does not hold both. Reading them again faults them back in

@@ -284,5 +284,13 @@ import Testing
         #expect(throws: TensorError.self) {
             try PagedAttention.attend(queries: s.queries, rows: 2, firstPosition: 10, cache: s.cache, sequence: s.sequence, layer: 0, window: 0, output: output, context: context)
         }
+        // Rows or positions near Int.max: typed errors, not an overflow trap.
+        #expect(throws: TensorError.self) {
+            try PagedAttention.attend(batch: [AttentionRows(sequence: s.sequence, firstRow: .max, rows: 2, firstPosition: 10)], queries: s.queries,
+                                      cache: s.cache, layer: 0, output: output, context: context)
+        }
+        #expect(throws: KVCacheError.self) {
+            try PagedAttention.attend(queries: s.queries, rows: 2, firstPosition: .max, cache: s.cache, sequence: s.sequence, layer: 0, output: output, context: context)
+        }
     }
 }
