@@ -72,6 +72,14 @@ static void gemv_q4_0x8_rows_scalar(const void *w, int64_t k, const quill_activa
 #include <immintrin.h>
 #include "avx2_math.h"
 
+// Software prefetch of every cache line a block spans, this far ahead of it. Without it one
+// core streams a matrix at 14 GB/s (the kernel's loads leave too few misses in flight) and
+// two at 17-23 GB/s; with it 17 and 26-29 GB/s, the plain read rate (a C benchmark over an
+// 82 MB matrix, 1 and 2 threads). Prefetches never fault, so running past the end is safe.
+#ifndef Q4X8_PREFETCH_BYTES
+#define Q4X8_PREFETCH_BYTES 1024
+#endif
+
 // `rows` (1 to 4, a constant after inlining) activation rows against one group of eight
 // weight rows: each chunk is unpacked once for all of them. An activation row's operations
 // do not depend on how many rows share the call, so batched results equal single-row ones.
@@ -83,6 +91,9 @@ static inline __attribute__((always_inline)) QUILL_AVX2 void q4x8_rows(const uin
     for (int i = 0; i < rows; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = group + b * GROUP_BYTES;
+        _mm_prefetch((const char *)blk + Q4X8_PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + Q4X8_PREFETCH_BYTES + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + Q4X8_PREFETCH_BYTES + 128, _MM_HINT_T0);
         // Eight products of at most 15 × 127 per int16 lane pair stay below 2^15.
         __m256i sums[4];
         for (int i = 0; i < rows; i++) sums[i] = _mm256_setzero_si256();
