@@ -72,6 +72,13 @@ void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t 
 // MARK: - Float GEMV: four weight rows share each load of x; two accumulators per row
 // keep the FMA pipes busy. LOAD8 turns 8 weights at p into floats.
 
+// The four rows are four streams that end where the next group's begin, so the hardware
+// prefetcher starts three new streams per group (every 6 KB at k = 768); each line of the
+// next group is prefetched at the same offset instead. Measured: Mamba-130M F16 decode
+// 52-67 -> 66-73 tok/s, 1.1B F16 9.5-9.8 -> 10.0-10.6 tok/s (quill bench / model-bench,
+// three alternations). A fixed 1 KB ahead along each row made both slower.
+#define FLOAT_PREFETCH(p) _mm_prefetch((const char *)(p) + 4 * rs, _MM_HINT_T0)
+
 #define FLOAT_GEMV(NAME, ELEM, LOAD8, SCALAR)                                               \
     void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y,    \
                          int64_t r0, int64_t r1) {                                           \
@@ -85,6 +92,10 @@ void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t 
                    a3 = a0, b3 = a0;                                                         \
             int64_t i = 0;                                                                   \
             for (; i + 16 <= k; i += 16) {                                                   \
+                if ((i * (int64_t)sizeof(ELEM)) % 64 == 0) {                                 \
+                    FLOAT_PREFETCH(p0 + i); FLOAT_PREFETCH(p1 + i);                          \
+                    FLOAT_PREFETCH(p2 + i); FLOAT_PREFETCH(p3 + i);                          \
+                }                                                                            \
                 const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);   \
                 a0 = _mm256_fmadd_ps(LOAD8(p0 + i), x0, a0);                                 \
                 b0 = _mm256_fmadd_ps(LOAD8(p0 + i + 8), x1, b0);                             \

@@ -85,7 +85,9 @@ public final class MambaModel {
         guard !c.useBias else {
             throw ConfigurationError.invalidValue(path: w.path, key: "use_bias", detail: "in_proj/out_proj biases are not supported")
         }
-        embedding = try w.tensor("backbone.embeddings.weight", shape: [c.vocabularySize, h])
+        // Tied: the embedding is also the output head and takes the matrix layout (see Transformer).
+        let embeddingTable = try w.tensor("backbone.embeddings.weight", shape: [c.vocabularySize, h])
+        embedding = c.tieWordEmbeddings ? try embeddingTable.interleavedForMatmul() : embeddingTable
         finalNorm = try w.tensor("backbone.norm_f.weight", shape: [h]).floats()
         outputHead = c.tieWordEmbeddings ? embedding : try w.tensor("lm_head.weight", shape: [c.vocabularySize, h]).interleavedForMatmul()
         let n = maximumTokens

@@ -139,7 +139,10 @@ public final class TransformerModel {
                 postNorm: try floats(p + "post_attention_layernorm.weight", h),
                 mlp: mlp)
         }
-        embedding = try w.tensor("model.embed_tokens.weight", shape: [c.vocabularySize, h])
+        // A tied embedding is also the output head, the largest matrix: it takes the matrix
+        // layout (rows are looked up from the interleaved layout just as well).
+        let embeddingTable = try w.tensor("model.embed_tokens.weight", shape: [c.vocabularySize, h])
+        embedding = c.tieWordEmbeddings ? try embeddingTable.interleavedForMatmul() : embeddingTable
         finalNorm = try floats("model.norm.weight", h)
         outputHead = c.tieWordEmbeddings ? embedding : try matrix("lm_head.weight", [c.vocabularySize, h])
         let n = maximumTokens
