@@ -6,7 +6,8 @@ import CQuillKernels
 public enum Kernels {
     /// From this many activation rows on, `matmul` dequantizes weight tiles and uses
     /// BLAS sgemm; below it, it runs the GEMV kernels once per row (kernels.md: sgemm with
-    /// one row is 3.5× slower than GEMV, with 8 rows already 2× faster).
+    /// one row is 3.5× slower than GEMV, with 8 rows already 2× faster). Interleaved Q4_0
+    /// weights are the exception (see `usesSgemm`).
     public static let gemmThreshold = 8
     /// Weight rows dequantized per sgemm call on the GEMM path.
     public static let gemmTileRows = 128
@@ -21,13 +22,24 @@ public enum Kernels {
 
     /// How `matmul` computes a group of rows.
     public enum MatmulPath: Sendable {
-        /// GEMV below `gemmThreshold` rows, sgemm from there on (fastest).
+        /// GEMV below `gemmThreshold` rows, sgemm from there on (fastest); interleaved
+        /// Q4_0 always through its integer kernel, which is faster at every row count.
         case automatic
         /// Always the GEMV kernels, whose result for a row does not depend on the other rows
         /// in the call: batched decode rows then equal solo decode bit for bit (the
         /// scheduler's batch invariance), while each group of weight rows is still read
         /// from memory once for all activation rows.
         case rowwise
+    }
+
+    /// Whether `path` computes `rows` activation rows against `type` weights with sgemm.
+    /// Interleaved Q4_0 never does: its integer kernel keeps a group of eight weight rows in
+    /// L1 for every four activation rows and multiplies int8 pairs (maddubs, 16 products
+    /// per lane pair) where sgemm does one float FMA per product after dequantizing, so a
+    /// 1.1B Q4_0 prompt runs 1.6-2× faster (model-bench --prompt 128 and 512: 65-73 ->
+    /// 107-134 tok/s). Q8_0's one-row-at-a-time kernel was slower than sgemm (39 vs 65-70).
+    static func usesSgemm(rows: Int, type: ElementType, path: MatmulPath) -> Bool {
+        rows >= gemmThreshold && path == .automatic && type != .q4_0x8
     }
 
     /// Validates one product's operands (the error names the weight and what was expected).
@@ -62,7 +74,7 @@ public enum Kernels {
             return
         }
         let x = input.pointer + range.lowerBound * k, y = output.pointer + range.lowerBound * n
-        if m >= gemmThreshold && path == .automatic {
+        if usesSgemm(rows: m, type: weight.elementType, path: path) {
             try gemm(weight: weight, input: x, rows: m, output: y, context: context)
         } else {
             try gemv(weight: weight, input: x, rows: m, output: y, context: context)
@@ -81,7 +93,7 @@ public enum Kernels {
         }
         guard let first = weights.first else { return }
         let m = range.count, k = first.columns
-        let fused = weights.count <= GemvParts.capacity && (m < gemmThreshold || path == .rowwise) && m > 0 && k > 0
+        let fused = weights.count <= GemvParts.capacity && !usesSgemm(rows: m, type: first.elementType, path: path) && m > 0 && k > 0
             && weights.allSatisfy { $0.elementType == first.elementType && $0.columns == k && $0.rows > 0 }
         guard fused else {
             for (weight, output) in zip(weights, outputs) {

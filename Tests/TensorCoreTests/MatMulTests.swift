@@ -23,7 +23,7 @@ import Testing
         output.row(m).update(repeating: 42, count: n)
         try Kernels.matmul(weight: w, input: input, rows: m, output: output, context: context)
         let dequantized = w.floats()
-        let usesQuantizedActivations = type.isQuantized && m < Kernels.gemmThreshold
+        let usesQuantizedActivations = type.isQuantized && !Kernels.usesSgemm(rows: m, type: type, path: .automatic)
         for i in 0..<m {
             var x = Array(inputValues[i * k..<(i + 1) * k])
             if usesQuantizedActivations { x = quantizedActivation(x) }
@@ -59,8 +59,11 @@ import Testing
         }
     }
 
+    /// The sgemm path for every type but Q4_0x8, whose integer kernel takes any number of
+    /// rows (8 and 21 here: several groups of four activation rows and a remainder).
     @Test(arguments: ElementType.allCases)
     func gemmPathOverDequantizedTiles(type: ElementType) throws {
+        #expect(Kernels.usesSgemm(rows: 8, type: type, path: .automatic) == (type != .q4_0x8))
         let context = try ComputeContext(threads: 1)
         let k = type.isQuantized ? 64 : 37
         // 300 rows span three 128-row tiles, the last one partial.
