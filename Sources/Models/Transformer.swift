@@ -141,8 +141,9 @@ public final class TransformerModel {
         }
         // A tied embedding is also the output head, the largest matrix: it takes the matrix
         // layout (rows are looked up from the interleaved layout just as well).
-        let embeddingTable = try w.tensor("model.embed_tokens.weight", shape: [c.vocabularySize, h])
-        embedding = c.tieWordEmbeddings ? try embeddingTable.interleavedForMatmul() : embeddingTable
+        let embeddingShape = [c.vocabularySize, h]
+        embedding = c.tieWordEmbeddings ? try matrix("model.embed_tokens.weight", embeddingShape)
+            : try w.tensor("model.embed_tokens.weight", shape: embeddingShape)
         finalNorm = try floats("model.norm.weight", h)
         outputHead = c.tieWordEmbeddings ? embedding : try matrix("lm_head.weight", [c.vocabularySize, h])
         let n = maximumTokens
