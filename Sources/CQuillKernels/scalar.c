@@ -175,6 +175,7 @@ void quill_dequantize_q6_K(const void *src, float *dst, int64_t n) {
 void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
                            int64_t row_begin, int64_t row_end, float *dst) {
     if (type == 5) { quill_dequantize_q4_0x8_rows(w, k, row_begin, row_end, dst); return; }  // rows are interleaved
+    if (type == 6) { quill_dequantize_q8_0x8_rows(w, k, row_begin, row_end, dst); return; }
     for (int64_t r = row_begin; r < row_end; r++, dst += k) {
         const uint8_t *row = (const uint8_t *)w + r * row_stride;
         switch (type) {

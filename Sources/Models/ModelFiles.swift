@@ -165,8 +165,8 @@ public struct ModelFiles: Sendable {
         var replaced: [String: Tensor] = [:]
         for (index, name) in candidates.enumerated() {
             options.progress?(LoadProgress(stage: "quantizing", completed: index, total: candidates.count))
-            // Q4_0 matrices go straight to the interleaved layout the kernels read (the models
-            // would otherwise repack them, holding both copies).
+            // Matrices go straight to the interleaved layout the kernels read (the models would
+            // otherwise repack them, holding both copies).
             replaced[name] = try weights.tensor(name).converted(to: type, pool: pool).interleavedForMatmul(pool: pool)
         }
         options.progress?(LoadProgress(stage: "quantizing", completed: candidates.count, total: candidates.count))

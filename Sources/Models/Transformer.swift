@@ -107,7 +107,7 @@ public final class TransformerModel {
         let qDim = c.headCount * d, kvDim = c.keyValueHeadCount * d
         func floats(_ name: String, _ count: Int) throws -> [Float] { try w.tensor(name, shape: [count]).floats() }
         func optionalFloats(_ name: String, _ count: Int, _ present: Bool) throws -> [Float] { present ? try floats(name, count) : [] }
-        // A weight of matrix products: Q4_0 ones in the interleaved layout the kernels read fastest.
+        // A weight of matrix products: Q4_0 and Q8_0 ones in the interleaved layout the kernels read fastest.
         func matrix(_ name: String, _ shape: [Int]) throws -> Tensor { try w.tensor(name, shape: shape).interleavedForMatmul() }
         func expert(_ prefix: String, gate: String, up: String, down: String) throws -> Expert {
             Expert(gate: try matrix(prefix + gate, [c.intermediateSize, h]),

@@ -15,12 +15,15 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
     /// of matrix products (`Tensor.interleavedForMatmul()`), never a file format. The same
     /// 18 bytes per 32 weights; a tensor's row count must be a multiple of 8.
     case q4_0x8
+    /// Q8_0 with eight rows interleaved per block, as `q4_0x8` interleaves Q4_0: the same
+    /// 34 bytes per 32 weights; a tensor's row count must be a multiple of 8.
+    case q8_0x8
 
     /// Elements per block (1 for the float types).
     public var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0, .q4_0x8: return 32
+        case .q8_0, .q4_0, .q4_0x8, .q8_0x8: return 32
         }
     }
 
@@ -29,13 +32,27 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
         switch self {
         case .f32: return 4
         case .f16, .bf16: return 2
-        case .q8_0: return 34
+        case .q8_0, .q8_0x8: return 34
         case .q4_0, .q4_0x8: return 18
         }
     }
 
     /// Whether the type stores blocks of integers with a shared scale.
     public var isQuantized: Bool { blockSize > 1 }
+
+    /// Whether the type interleaves groups of eight rows (`q4_0x8`, `q8_0x8`): a matrix
+    /// layout with no meaning for a lone run of values.
+    public var isInterleaved: Bool { self == .q4_0x8 || self == .q8_0x8 }
+
+    /// The file format whose blocks the type holds: Q4_0 for `q4_0x8`, Q8_0 for `q8_0x8`,
+    /// the type itself otherwise.
+    public var rowMajor: ElementType {
+        switch self {
+        case .q4_0x8: return .q4_0
+        case .q8_0x8: return .q8_0
+        default: return self
+        }
+    }
 
     /// The type's name in capitals (`F32`, `Q8_0`, ...).
     public var description: String { rawValue.uppercased() }
@@ -67,6 +84,7 @@ public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible
         case .q8_0: return 3
         case .q4_0: return 4
         case .q4_0x8: return 5
+        case .q8_0x8: return 6
         }
     }
 }

@@ -33,13 +33,14 @@ public enum Kernels {
     }
 
     /// Whether `path` computes `rows` activation rows against `type` weights with sgemm.
-    /// Interleaved Q4_0 never does: its integer kernel keeps a group of eight weight rows in
-    /// L1 for every four activation rows and multiplies int8 pairs (maddubs, 16 products
-    /// per lane pair) where sgemm does one float FMA per product after dequantizing, so a
-    /// 1.1B Q4_0 prompt runs 1.6-2× faster (model-bench --prompt 128 and 512: 65-73 ->
-    /// 107-134 tok/s). Q8_0's one-row-at-a-time kernel was slower than sgemm (39 vs 65-70).
+    /// The interleaved types never do: their integer kernels keep a group of eight weight
+    /// rows in L1 for every four activation rows and multiply int8 pairs (maddubs) where
+    /// sgemm does one float FMA per product after dequantizing. A 1.1B Q4_0 prompt runs
+    /// 1.6-2× faster (model-bench --prompt 128 and 512: 65-73 -> 107-134 tok/s), Q8_0x8
+    /// products 1.2-1.7× sgemm's rate (tensorcore-bench, 128 and 512 rows). Row-major Q8_0's
+    /// one-row-at-a-time kernel was slower than sgemm (39 vs 65-70 tok/s), so it keeps sgemm.
     static func usesSgemm(rows: Int, type: ElementType, path: MatmulPath) -> Bool {
-        rows >= gemmThreshold && path == .automatic && type != .q4_0x8
+        rows >= gemmThreshold && path == .automatic && !type.isInterleaved
     }
 
     /// Validates one product's operands (the error names the weight and what was expected).
@@ -128,7 +129,7 @@ public enum Kernels {
         let blocks = k / 32, pairs = (blocks + 1) / 2
         var blockActivations: UnsafeMutablePointer<quill_activation_block>?
         var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
-        if type == .q8_0 || type == .q4_0x8 {
+        if type == .q8_0 || type.isInterleaved {
             let raw = try context.quantizedInput.reserve(m * blocks * MemoryLayout<quill_activation_block>.stride)
             let pointer = raw.bindMemory(to: quill_activation_block.self, capacity: m * blocks)
             for i in 0..<m { quill_quantize_activation(input + i * k, Int64(k), pointer + i * blocks) }
@@ -170,9 +171,13 @@ public enum Kernels {
     /// Rows `begin..<end` of one matrix of a GEMV job, for every activation row.
     private static func gemvRows(_ job: GemvJob, _ part: GemvParts.Part, _ begin: Int, _ end: Int) {
         let m = job.rows, k = job.k, n = part.rows
-        // Interleaved Q4_0: eight weight rows per block and up to four activation rows at once.
+        // Interleaved Q4_0 or Q8_0: eight weight rows per block and up to four activation rows at once.
         if job.type == .q4_0x8 {
             quill_gemv_q4_0x8_rows(part.weights, Int64(k), job.blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
+            return
+        }
+        if job.type == .q8_0x8 {
+            quill_gemv_q8_0x8_rows(part.weights, Int64(k), job.blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
             return
         }
         // Quantized weights and several rows: each weight block unpacked once for all rows.
@@ -211,7 +216,7 @@ public enum Kernels {
                 case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
                 case .q8_0: quill_gemv_q8_0(w, stride, job.blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
                 case .q4_0: quill_gemv_q4_0(w, stride, job.pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
-                case .q4_0x8: break  // handled above
+                case .q4_0x8, .q8_0x8: break  // handled above
                 }
             }
             start = stop
@@ -240,7 +245,7 @@ public enum Kernels {
         }
 
         /// Splits each matrix into 16 chunks per thread (of a multiple of 8 rows, at least 16:
-        /// Q4_0x8 groups never straddle two chunks).
+        /// interleaved groups never straddle two chunks).
         mutating func divide(threads: Int) {
             totalTasks = 0
             for index in 0..<count {

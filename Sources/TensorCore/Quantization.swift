@@ -34,23 +34,23 @@ public enum Quantization {
         return output
     }
 
-    /// Q4_0x8 interleaves groups of eight rows, so it has no meaning for a lone run of values.
+    /// Q4_0x8 and Q8_0x8 interleave groups of eight rows: no meaning for a lone run of values.
     private static func requireRowMajor(_ type: ElementType, _ operation: String) throws {
-        guard type != .q4_0x8 else {
+        guard !type.isInterleaved else {
             throw TensorError.invalidArgument(operation: "\(operation) \(type)",
-                                              detail: "Q4_0x8 interleaves rows: convert a tensor with Tensor.converted(to:) instead")
+                                              detail: "\(type) interleaves rows: convert a tensor with Tensor.converted(to:) instead")
         }
     }
 
     /// Encodes `count` floats (a whole number of blocks; callers validate) into `destination`.
-    /// For Q4_0x8 this writes one plain Q4_0 row: `Tensor.converted(to:)` interleaves the rows.
+    /// For an interleaved type this writes one plain row: `Tensor.converted(to:)` interleaves the rows.
     static func encode(_ source: UnsafePointer<Float>, count: Int, as type: ElementType, into destination: UnsafeMutableRawPointer) {
         let n = Int64(count)
         switch type {
         case .f32: destination.copyMemory(from: source, byteCount: count * 4)
         case .f16: quill_f32_to_f16(source, destination.assumingMemoryBound(to: UInt16.self), n)
         case .bf16: quill_f32_to_bf16(source, destination.assumingMemoryBound(to: UInt16.self), n)
-        case .q8_0: quill_quantize_q8_0(source, destination, n)
+        case .q8_0, .q8_0x8: quill_quantize_q8_0(source, destination, n)
         case .q4_0, .q4_0x8: quill_quantize_q4_0(source, destination, n)
         }
     }

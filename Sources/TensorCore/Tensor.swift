@@ -99,8 +99,8 @@ public struct Tensor: Sendable, CustomStringConvertible {
                 operation: operation,
                 detail: "innermost dimension \(columns) is not a multiple of the \(elementType) block size \(elementType.blockSize)")
         }
-        if elementType == .q4_0x8 && columns > 0 && (elements / columns) % 8 != 0 {
-            throw TensorError.invalidShape(operation: operation, detail: "Q4_0x8 needs a multiple of 8 rows, not \(elements / columns)")
+        if elementType.isInterleaved && columns > 0 && (elements / columns) % 8 != 0 {
+            throw TensorError.invalidShape(operation: operation, detail: "\(elementType) needs a multiple of 8 rows, not \(elements / columns)")
         }
         let bytes = try elementType.byteCount(elements: elements, operation: operation)
         guard byteOffset >= 0, byteOffset <= storage.byteCount, bytes <= storage.byteCount - byteOffset else {
@@ -168,7 +168,7 @@ public struct Tensor: Sendable, CustomStringConvertible {
             throw TensorError.invalidArgument(operation: "slice of '\(name)'", detail: "range \(range) outside \(shape)")
         }
         let stride = outer == 0 ? 0 : byteCount / outer
-        if elementType == .q4_0x8 && outer > 0 && (rows / outer * range.lowerBound) % 8 != 0 {
+        if elementType.isInterleaved && outer > 0 && (rows / outer * range.lowerBound) % 8 != 0 {
             throw TensorError.invalidArgument(operation: "slice of '\(name)'", detail: "range \(range) splits a group of 8 interleaved rows")
         }
         return try Tensor(name: name, elementType: elementType, shape: [range.count] + shape.dropFirst(),
@@ -177,9 +177,9 @@ public struct Tensor: Sendable, CustomStringConvertible {
 
     /// The same bytes under another shape with the same element count and innermost blocks.
     public func reshaped(_ newShape: [Int]) throws -> Tensor {
-        // Q4_0x8's groups interleave whole rows: a new row width would reread them wrongly.
-        if elementType == .q4_0x8 && newShape.last != shape.last {
-            throw TensorError.shapeMismatch(operation: "reshape of '\(name)'", detail: "Q4_0x8 keeps its row width: \(shape) to \(newShape)")
+        // Interleaved groups hold whole rows: a new row width would reread them wrongly.
+        if elementType.isInterleaved && newShape.last != shape.last {
+            throw TensorError.shapeMismatch(operation: "reshape of '\(name)'", detail: "\(elementType) keeps its row width: \(shape) to \(newShape)")
         }
         let tensor = try Tensor(name: name, elementType: elementType, shape: newShape, storage: storage, byteOffset: byteOffset)
         guard tensor.elementCount == elementCount else {
@@ -208,28 +208,34 @@ public struct Tensor: Sendable, CustomStringConvertible {
         return result
     }
 
-    /// The tensor as matrix products read Q4_0 fastest: a Q4_0 matrix whose row count is a
-    /// multiple of 8 becomes Q4_0x8 (the same bytes, eight rows interleaved per block);
-    /// anything else is returned as it is.
+    /// The tensor as matrix products read quantized weights fastest: a Q4_0 or Q8_0 matrix
+    /// whose row count is a multiple of 8 becomes Q4_0x8 or Q8_0x8 (the same bytes, eight
+    /// rows interleaved per block); anything else is returned as it is.
     public func interleavedForMatmul(pool: ThreadPool? = nil) throws -> Tensor {
-        guard elementType == .q4_0, shape.count >= 2, rows > 0, rows % 8 == 0 else { return self }
-        return try converted(to: .q4_0x8, pool: pool)
+        guard shape.count >= 2, rows > 0, rows % 8 == 0 else { return self }
+        switch elementType {
+        case .q4_0: return try converted(to: .q4_0x8, pool: pool)
+        case .q8_0: return try converted(to: .q8_0x8, pool: pool)
+        default: return self
+        }
     }
 
     /// A new owned tensor with the same values in `type`: float conversion, quantization
     /// (GGML's reference rounding) or dequantization. Rows are processed on `pool`.
     public func converted(to type: ElementType, pool: ThreadPool? = nil) throws -> Tensor {
         if type == elementType { return self }
-        if type == .q4_0x8 {
+        if type.isInterleaved {
             guard rows % 8 == 0 else {
                 throw TensorError.invalidShape(operation: "converting '\(name)' to \(type)", detail: "\(rows) rows is not a multiple of 8")
             }
-            let plain = try converted(to: .q4_0, pool: pool)
+            let plain = try converted(to: type.rowMajor, pool: pool)
             let storage = try TensorStorage(byteCount: plain.byteCount) { output in
                 guard let base = output.baseAddress else { return }
-                quill_repack_q4_0x8(plain.rawPointer, Int64(plain.rows), Int64(plain.columns), base)
+                let rows = Int64(plain.rows), columns = Int64(plain.columns)
+                if type == .q4_0x8 { quill_repack_q4_0x8(plain.rawPointer, rows, columns, base) }
+                else { quill_repack_q8_0x8(plain.rawPointer, rows, columns, base) }
             }
-            // A GGUF's Q4_0 pages were read once to repack them: the process need not keep them.
+            // A GGUF's pages were read once to repack them: the process need not keep them.
             plain.storage.releaseMappedPages(offset: plain.byteOffset, count: plain.byteCount)
             return try Tensor(name: name, elementType: type, shape: shape, storage: storage)
         }

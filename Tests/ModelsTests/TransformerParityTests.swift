@@ -230,29 +230,32 @@ import Testing
         #expect(cache.availableBlockCount == cache.blockCount)
     }
 
-    /// A tied Q4_0 embedding (as a GGUF Q4_0 file has it) is stored interleaved for the
-    /// output head: a token lookup gives exactly the row-major Q4_0 row, and the head's logits
-    /// match the same values held as F32 (only the activations' int8 rounding differs).
-    @Test func tiedQ4EmbeddingIsInterleavedForTheHead() throws {
+    /// A tied Q4_0 or Q8_0 embedding (as a GGUF file of that type has it) is stored
+    /// interleaved for the output head: a token lookup gives exactly the row-major row, and
+    /// the head's logits match the same values held as F32 (only the activations' int8
+    /// rounding differs).
+    @Test(arguments: [ElementType.q4_0, .q8_0])
+    func tiedEmbeddingIsInterleavedForTheHead(type: ElementType) throws {
         let files = try ModelFiles.load(sharedModels.appendingPathComponent("llama3-tied").path)
         let name = "model.embed_tokens.weight"
-        let rowMajor = try files.weights.tensor(name).converted(to: .q4_0)
+        let rowMajor = try files.weights.tensor(name).converted(to: type)
         func model(embedding: Tensor) throws -> TransformerModel {
             let weights = ModelWeights(source: files.weights.source, replaced: [name: embedding], path: files.weights.path)
             let replaced = ModelFiles(configuration: files.configuration, weights: weights, tokenizer: files.tokenizer, eosTokenIDs: files.eosTokenIDs)
             return try TransformerModel(files: replaced, context: ComputeContext(threads: 2), maximumTokens: 64)
         }
-        let q4 = try model(embedding: rowMajor), f32 = try model(embedding: rowMajor.converted(to: .f32))
-        #expect(q4.embedding.elementType == .q4_0x8 && q4.outputHead.elementType == .q4_0x8)
-        let columns = q4.configuration.hiddenSize, vocabulary = q4.configuration.vocabularySize
+        let quantized = try model(embedding: rowMajor), f32 = try model(embedding: rowMajor.converted(to: .f32))
+        #expect(quantized.embedding.elementType.isInterleaved && quantized.embedding.elementType.rowMajor == type)
+        #expect(quantized.outputHead.elementType == quantized.embedding.elementType)
+        let columns = quantized.configuration.hiddenSize, vocabulary = quantized.configuration.vocabularySize
         var expected = [Float](repeating: 0, count: columns), actual = expected
         for token in [0, 1, 7, 8, 255, vocabulary - 1] {
             try rowMajor.dequantizeRow(token, into: &expected)
-            try q4.embedding.dequantizeRow(token, into: &actual)
+            try quantized.embedding.dequantizeRow(token, into: &actual)
             #expect(actual == expected, "token \(token)")
         }
         let prompt = try TransformerParityTests.reference("llama3-tied").prompt
-        let a = try q4.logits(for: prompt, cache: q4.makeCache(memoryBudget: 1 << 22, elementType: .f32))
+        let a = try quantized.logits(for: prompt, cache: quantized.makeCache(memoryBudget: 1 << 22, elementType: .f32))
         let b = try f32.logits(for: prompt, cache: f32.makeCache(memoryBudget: 1 << 22, elementType: .f32))
         let scale = b.map(abs).max() ?? 1
         let difference = zip(a, b).map { abs($0 - $1) }.max() ?? .infinity

@@ -8,8 +8,8 @@ import Testing
     static let floatShapes: [(n: Int, k: Int)] = [(1, 1), (3, 7), (4, 8), (5, 15), (9, 16), (17, 17), (6, 33), (13, 100), (8, 256)]
     static let quantizedShapes: [(n: Int, k: Int)] = [(1, 32), (3, 64), (4, 96), (5, 160), (17, 512), (9, 32)]
 
-    /// Q4_0x8 interleaves groups of eight rows: its tests round row counts up to a multiple of 8.
-    static func rows(_ n: Int, _ type: ElementType) -> Int { type == .q4_0x8 ? (n + 7) / 8 * 8 : n }
+    /// Q4_0x8 and Q8_0x8 interleave groups of eight rows: their tests round row counts up to a multiple of 8.
+    static func rows(_ n: Int, _ type: ElementType) -> Int { type.isInterleaved ? (n + 7) / 8 * 8 : n }
 
     func weight(_ type: ElementType, n: Int, k: Int, seed: UInt64) throws -> Tensor {
         try Tensor(name: "w", shape: [n, k], values: randomFloats(n * k, seed: seed)).converted(to: type)
@@ -47,7 +47,7 @@ import Testing
         }
     }
 
-    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.q8_0, .q4_0, .q4_0x8])
+    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.q8_0, .q4_0, .q4_0x8, .q8_0x8])
     func quantizedGEMV(level: KernelLevel, type: ElementType) throws {
         let context = try ComputeContext(threads: 1)
         try KernelLevel.withThreadLevel(level) {
@@ -59,11 +59,11 @@ import Testing
         }
     }
 
-    /// The sgemm path for every type but Q4_0x8, whose integer kernel takes any number of
-    /// rows (8 and 21 here: several groups of four activation rows and a remainder).
+    /// The sgemm path for every type but the interleaved ones, whose integer kernels take any
+    /// number of rows (8 and 21 here: several groups of four activation rows and a remainder).
     @Test(arguments: ElementType.allCases)
     func gemmPathOverDequantizedTiles(type: ElementType) throws {
-        #expect(Kernels.usesSgemm(rows: 8, type: type, path: .automatic) == (type != .q4_0x8))
+        #expect(Kernels.usesSgemm(rows: 8, type: type, path: .automatic) == !type.isInterleaved)
         let context = try ComputeContext(threads: 1)
         let k = type.isQuantized ? 64 : 37
         // 300 rows span three 128-row tiles, the last one partial.

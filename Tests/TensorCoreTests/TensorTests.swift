@@ -48,40 +48,44 @@ import Testing
 
     @Test(arguments: ElementType.allCases)
     func conversionsRoundTrip(type: ElementType) throws {
-        let rows = type == .q4_0x8 ? 16 : 4  // interleaved in groups of 8 rows
+        let rows = type.isInterleaved ? 16 : 4  // interleaved in groups of 8 rows
         let values = randomFloats(rows * 64, seed: 3)
         let tensor = try Tensor(name: "w", shape: [rows, 64], values: values)
         let pool = try ThreadPool(threads: 2)
         let converted = try tensor.converted(to: type, pool: pool)
         #expect(converted.elementType == type && converted.shape == [rows, 64])
         #expect(converted.byteCount == rows * (try type.byteCount(elements: 64)))
-        // Q4_0x8 holds Q4_0's values (the layout has no one-dimensional encoding of its own).
-        let plain = type == .q4_0x8 ? ElementType.q4_0 : type
+        // Q4_0x8 holds Q4_0's values, Q8_0x8 Q8_0's (the layouts have no one-dimensional encoding).
+        let plain = type.rowMajor
         let expected = try Quantization.decode(try Quantization.encode(values, as: plain), as: plain, count: values.count)
         #expect(converted.floats() == expected)
         // Converting back to F32 gives exactly the decoded values.
         #expect(try converted.converted(to: .f32).floats() == expected)
     }
 
-    /// Q4_0x8 holds exactly Q4_0's values with eight rows interleaved; shapes and slices that
-    /// would split a group of eight are refused, and only Q4_0 matrices are interleaved.
-    @Test func interleavedQ4HoldsQ4Values() throws {
+    /// Q4_0x8 and Q8_0x8 hold exactly Q4_0's and Q8_0's values with eight rows interleaved;
+    /// shapes and slices that would split a group of eight are refused, and only Q4_0 and
+    /// Q8_0 matrices are interleaved.
+    @Test(arguments: [ElementType.q4_0, .q8_0])
+    func interleavedHoldsRowMajorValues(type: ElementType) throws {
         let values = randomFloats(24 * 96, seed: 8)
-        let q4 = try Tensor(name: "w", shape: [24, 96], values: values).converted(to: .q4_0)
-        let x8 = try q4.interleavedForMatmul()
-        #expect(x8.elementType == .q4_0x8 && x8.byteCount == q4.byteCount && x8.floats() == q4.floats())
-        #expect(x8.bytes.elementsEqual(q4.bytes) == false)  // the bytes moved
+        let plain = try Tensor(name: "w", shape: [24, 96], values: values).converted(to: type)
+        let x8 = try plain.interleavedForMatmul()
+        #expect(x8.elementType.isInterleaved && x8.elementType.rowMajor == type)
+        #expect(x8.byteCount == plain.byteCount && x8.floats() == plain.floats())
+        #expect(x8.bytes.elementsEqual(plain.bytes) == false)  // the bytes moved
         var row = [Float](repeating: 0, count: 96)
         try x8.dequantizeRow(13, into: &row)
-        #expect(row == Array(q4.floats()[13 * 96..<14 * 96]))
-        #expect(try x8.slice(8..<16).floats() == Array(q4.floats()[8 * 96..<16 * 96]))
+        #expect(row == Array(plain.floats()[13 * 96..<14 * 96]))
+        #expect(try x8.slice(8..<16).floats() == Array(plain.floats()[8 * 96..<16 * 96]))
         #expect(throws: TensorError.self) { try x8.slice(4..<12) }
         #expect(throws: TensorError.self) { try x8.reshaped([48, 48]) }
-        #expect(try x8.reshaped([3, 8, 96]).slice(1..<2).floats() == Array(q4.floats()[8 * 96..<16 * 96]))
-        #expect(throws: TensorError.self) { try Tensor(name: "w", shape: [12, 96], values: randomFloats(12 * 96, seed: 9)).converted(to: .q4_0x8) }
-        #expect(throws: TensorError.self) { try Quantization.encode(values, as: .q4_0x8) }
-        // Not Q4_0, or rows that do not fill groups of eight: unchanged.
-        #expect(try q4.slice(0..<12).interleavedForMatmul().elementType == .q4_0)
+        #expect(try x8.reshaped([3, 8, 96]).slice(1..<2).floats() == Array(plain.floats()[8 * 96..<16 * 96]))
+        let twelveRows = try Tensor(name: "w", shape: [12, 96], values: randomFloats(12 * 96, seed: 9))
+        #expect(throws: TensorError.self) { try twelveRows.converted(to: x8.elementType) }
+        #expect(throws: TensorError.self) { try Quantization.encode(values, as: x8.elementType) }
+        // Rows that do not fill groups of eight, or a float matrix: unchanged.
+        #expect(try plain.slice(0..<12).interleavedForMatmul().elementType == type)
         #expect(try Tensor(name: "f", shape: [8, 32], values: randomFloats(256, seed: 1)).interleavedForMatmul().elementType == .f32)
     }
 

@@ -109,6 +109,12 @@ void quill_dequantize_q4_0x8_rows(const void *w, int64_t k, int64_t row_begin, i
 /// Each row's result is the same whatever m is.
 void quill_gemv_q4_0x8_rows(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t y_stride,
                             int64_t row_begin, int64_t row_end, int64_t m);
+/// Q8_0 with eight rows interleaved per block (see q8x8.c), as Q4_0x8 above: the same
+/// repacking (34-byte blocks), row dequantization and kernel contract.
+void quill_repack_q8_0x8(const void *src, int64_t rows, int64_t k, void *dst);
+void quill_dequantize_q8_0x8_rows(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst);
+void quill_gemv_q8_0x8_rows(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t y_stride,
+                            int64_t row_begin, int64_t row_end, int64_t m);
 /// m activation rows at once (x: m rows of (k/32 + 1)/2 pairs; y: row i at y + i·y_stride),
 /// each weight block unpacked once for up to four rows. Every result is bit-identical to
 /// quill_gemv_q4_0 on that activation row alone.
@@ -122,8 +128,8 @@ void quill_dequantize_q4_K(const void *src, float *dst, int64_t n);
 void quill_dequantize_q6_K(const void *src, float *dst, int64_t n);
 
 /// Dequantizes rows [row_begin, row_end) of a weight matrix of any supported type into
-/// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0, 5 q4_0x8
-/// (row_stride unused: see quill_dequantize_q4_0x8_rows).
+/// dst (row-major, k floats per row). type: 0 f32, 1 f16, 2 bf16, 3 q8_0, 4 q4_0, 5 q4_0x8,
+/// 6 q8_0x8 (row_stride unused for the interleaved types).
 void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
                            int64_t row_begin, int64_t row_end, float *dst);
 
