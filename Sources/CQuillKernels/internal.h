@@ -44,6 +44,45 @@ void quill_softmax_scalar(float *, int64_t);
 float quill_dot_f32_scalar(const float *, const float *, int64_t);
 void quill_quantize_activation_scalar(const float *, int64_t, quill_activation_block *);
 
+// MARK: Eight rows interleaved per block (q4x8.c, q8x8.c)
+
+/// Repacks row-major blocks of `block_bytes` (an F16 scale, then the quants) so that group g
+/// of rows 8g ... 8g + 7, block b, holds the eight scales and then chunk c of 32 bytes with
+/// quant bytes 4c ... 4c + 3 of each row, row r at 4r.
+static inline void quill_repack_x8(const void *src, int64_t rows, int64_t k, int64_t block_bytes, void *dst) {
+    const int64_t nb = k / QUILL_QK, chunks = (block_bytes - 2) / 4, group_bytes = 8 * block_bytes;
+    const uint8_t *in = (const uint8_t *)src;
+    uint8_t *out = (uint8_t *)dst;
+    for (int64_t g = 0; g < rows / 8; g++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *o = out + (g * nb + b) * group_bytes;
+            for (int64_t r = 0; r < 8; r++) {
+                const uint8_t *block = in + ((g * 8 + r) * nb + b) * block_bytes;
+                memcpy(o + 2 * r, block, 2);
+                for (int64_t c = 0; c < chunks; c++) memcpy(o + 16 + 32 * c + 4 * r, block + 2 + 4 * c, 4);
+            }
+        }
+}
+
+/// Runs KERNEL(group, nb, x, x_stride, y, y_stride, rows) over every group of eight weight
+/// rows in [r0, r1) for m activation rows: four at a time, then the remainder, so that each
+/// call's row count is a constant the kernel's loops unroll by.
+#define QUILL_X8_GROUPS(KERNEL, GROUP_BYTES, w, k, x, y, ys, r0, r1, m)                                  \
+    do {                                                                                               \
+        const int64_t nb_ = (k) / QUILL_QK;                                                            \
+        for (int64_t g_ = (r0) / 8; g_ < (r1) / 8; g_++) {                                             \
+            const uint8_t *group_ = (const uint8_t *)(w) + g_ * nb_ * (GROUP_BYTES);                   \
+            int64_t i_ = 0;                                                                            \
+            for (; i_ + 4 <= (m); i_ += 4) KERNEL(group_, nb_, (x) + i_ * nb_, nb_, (y) + i_ * (ys) + g_ * 8, ys, 4); \
+            switch ((m) - i_) {                                                                        \
+            case 3: KERNEL(group_, nb_, (x) + i_ * nb_, nb_, (y) + i_ * (ys) + g_ * 8, ys, 3); break;   \
+            case 2: KERNEL(group_, nb_, (x) + i_ * nb_, nb_, (y) + i_ * (ys) + g_ * 8, ys, 2); break;   \
+            case 1: KERNEL(group_, nb_, (x) + i_ * nb_, nb_, (y) + i_ * (ys) + g_ * 8, ys, 1); break;   \
+            default: break;                                                                            \
+            }                                                                                          \
+        }                                                                                              \
+    } while (0)
+
 #ifdef QUILL_X86
 void quill_f16_to_f32_avx2(const uint16_t *, float *, int64_t);
 void quill_f32_to_f16_avx2(const float *, uint16_t *, int64_t n, int64_t stride);

@@ -13,18 +13,7 @@
 #define GROUP_BYTES (8 * QUILL_Q4_0_BLOCK_BYTES)
 
 void quill_repack_q4_0x8(const void *src, int64_t rows, int64_t k, void *dst) {
-    const int64_t nb = k / QUILL_QK;
-    const uint8_t *in = (const uint8_t *)src;
-    uint8_t *out = (uint8_t *)dst;
-    for (int64_t g = 0; g < rows / 8; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *o = out + (g * nb + b) * GROUP_BYTES;
-            for (int64_t r = 0; r < 8; r++) {
-                const uint8_t *block = in + ((g * 8 + r) * nb + b) * QUILL_Q4_0_BLOCK_BYTES;
-                memcpy(o + 2 * r, block, 2);
-                for (int c = 0; c < 4; c++) memcpy(o + 16 + 32 * c + 4 * r, block + 2 + 4 * c, 4);
-            }
-        }
+    quill_repack_x8(src, rows, k, QUILL_Q4_0_BLOCK_BYTES, dst);
 }
 
 static void dequantize_q4_0x8_rows_scalar(const void *w, int64_t k, int64_t row_begin, int64_t row_end, float *dst) {
@@ -121,18 +110,7 @@ static inline __attribute__((always_inline)) QUILL_AVX2 void q4x8_rows(const uin
 
 static QUILL_AVX2 void gemv_q4_0x8_rows_avx2(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t ys,
                                             int64_t r0, int64_t r1, int64_t m) {
-    const int64_t nb = k / QUILL_QK;
-    for (int64_t g = r0 / 8; g < r1 / 8; g++) {
-        const uint8_t *group = (const uint8_t *)w + g * nb * GROUP_BYTES;
-        int64_t i = 0;
-        for (; i + 4 <= m; i += 4) q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 4);
-        switch (m - i) {
-        case 3: q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 3); break;
-        case 2: q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 2); break;
-        case 1: q4x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 1); break;
-        default: break;
-        }
-    }
+    QUILL_X8_GROUPS(q4x8_rows, GROUP_BYTES, w, k, x, y, ys, r0, r1, m);
 }
 
 // Whole groups of eight rows: a 4 × 8 transpose of 4-byte pieces gives each row its 16

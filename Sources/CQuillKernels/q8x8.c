@@ -12,18 +12,7 @@
 #define GROUP_BYTES (8 * QUILL_Q8_0_BLOCK_BYTES)
 
 void quill_repack_q8_0x8(const void *src, int64_t rows, int64_t k, void *dst) {
-    const int64_t nb = k / QUILL_QK;
-    const uint8_t *in = (const uint8_t *)src;
-    uint8_t *out = (uint8_t *)dst;
-    for (int64_t g = 0; g < rows / 8; g++)
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *o = out + (g * nb + b) * GROUP_BYTES;
-            for (int64_t r = 0; r < 8; r++) {
-                const uint8_t *block = in + ((g * 8 + r) * nb + b) * QUILL_Q8_0_BLOCK_BYTES;
-                memcpy(o + 2 * r, block, 2);
-                for (int c = 0; c < 8; c++) memcpy(o + 16 + 32 * c + 4 * r, block + 2 + 4 * c, 4);
-            }
-        }
+    quill_repack_x8(src, rows, k, QUILL_Q8_0_BLOCK_BYTES, dst);
 }
 
 // Embedding lookups and tests read rows this way; the kernels never do, so it stays scalar.
@@ -102,18 +91,7 @@ static inline __attribute__((always_inline)) QUILL_AVX2 void q8x8_rows(const uin
 
 static QUILL_AVX2 void gemv_q8_0x8_rows_avx2(const void *w, int64_t k, const quill_activation_block *x, float *y, int64_t ys,
                                             int64_t r0, int64_t r1, int64_t m) {
-    const int64_t nb = k / QUILL_QK;
-    for (int64_t g = r0 / 8; g < r1 / 8; g++) {
-        const uint8_t *group = (const uint8_t *)w + g * nb * GROUP_BYTES;
-        int64_t i = 0;
-        for (; i + 4 <= m; i += 4) q8x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 4);
-        switch (m - i) {
-        case 3: q8x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 3); break;
-        case 2: q8x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 2); break;
-        case 1: q8x8_rows(group, nb, x + i * nb, nb, y + i * ys + g * 8, ys, 1); break;
-        default: break;
-        }
-    }
+    QUILL_X8_GROUPS(q8x8_rows, GROUP_BYTES, w, k, x, y, ys, r0, r1, m);
 }
 #endif
 
