@@ -463,6 +463,12 @@ static void attention_range(const float *q, float *out, int64_t row_stride, int6
             }
             const void *rows_v = (const uint8_t *)(const void *)v + first * d * element;
 #ifdef QUILL_X86
+            if (vector && qi == 0 && b + 1 < block_end && (b + 1) * bs <= last_position) {
+                const char *next = (const char *)k_base + blocks[b + 1] * block_stride;
+                for (int64_t line = 0; line < bs * d * element; line += 64) _mm_prefetch(next + line, _MM_HINT_T0);
+            }
+#endif
+#ifdef QUILL_X86
             if (vector) {
                 if (kv_type == 2) block_pv_group_q8_avx2(acc + qi * group * d, scores, group, v, first, count, d);
                 else if (kv_type == 1) block_pv_group_f16_avx2(acc + qi * group * d, scores + first, group, rows_v, count, d);
