@@ -224,12 +224,10 @@ REDUCE8(reduce8_sum, _mm256_add_ps)
 // (1 where its maximum did not move).
 static QUILL_AVX2 void full_block_weights_heads_avx2(float *s, int64_t heads, float *running_max, float *running_sum,
                                                      float *correction) {
-    __m256 lo[8], hi[8], m[8];
+    __m256 m[8];
     for (int64_t h = 0; h < 8; h++) {
         const float *row = s + (h < heads ? h : 0) * 16;  // spare lanes repeat head 0
-        lo[h] = _mm256_loadu_ps(row);
-        hi[h] = _mm256_loadu_ps(row + 8);
-        m[h] = _mm256_max_ps(lo[h], hi[h]);
+        m[h] = _mm256_max_ps(_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8));
     }
     float old_max[8], old_sum[8];
     for (int64_t h = 0; h < 8; h++) {
@@ -242,14 +240,15 @@ static QUILL_AVX2 void full_block_weights_heads_avx2(float *s, int64_t heads, fl
     const __m256 c = _mm256_blendv_ps(exp256(_mm256_sub_ps(old, new_max)), _mm256_set1_ps(1.0f),
                                       _mm256_cmp_ps(old, new_max, _CMP_EQ_OQ));
     for (int64_t h = 0; h < 8; h++) {
+        float *row = s + (h < heads ? h : 0) * 16;
         const __m256 shift = _mm256_permutevar8x32_ps(new_max, _mm256_set1_epi32((int)h));
-        lo[h] = exp256(_mm256_sub_ps(lo[h], shift));
-        hi[h] = exp256(_mm256_sub_ps(hi[h], shift));
-        m[h] = _mm256_add_ps(lo[h], hi[h]);
-    }
-    for (int64_t h = 0; h < heads; h++) {
-        _mm256_storeu_ps(s + h * 16, lo[h]);
-        _mm256_storeu_ps(s + h * 16 + 8, hi[h]);
+        const __m256 lo = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(row), shift));
+        const __m256 hi = exp256_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(row + 8), shift));
+        if (h < heads) {
+            _mm256_storeu_ps(row, lo);
+            _mm256_storeu_ps(row + 8, hi);
+        }
+        m[h] = _mm256_add_ps(lo, hi);
     }
     const __m256 sum = _mm256_fmadd_ps(_mm256_loadu_ps(old_sum), c, reduce8_sum(m));
     float new_max_lanes[8], sum_lanes[8], c_lanes[8];

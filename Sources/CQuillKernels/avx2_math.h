@@ -52,6 +52,29 @@ static inline QUILL_AVX2 __m256 exp256(__m256 x) {
     return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
 }
 
+// exp(x) for lanes x <= 0 (scores minus their maximum): exp256's reduction and polynomial,
+// with the rounding to an integer and the power of two taken from the bits of x·log2(e) plus
+// 1.5·2^23 instead of a floor and two conversions. Below -87.3 it returns about 1.2e-38
+// rather than 0 or a subnormal.
+static inline QUILL_AVX2 __m256 exp256_nonpositive(__m256 x) {
+    const __m256 magic = _mm256_set1_ps(12582912.0f + 127.0f);  // 1.5·2^23, plus the exponent bias
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
+    const __m256 n = _mm256_sub_ps(t, magic);  // round(x·log2(e)), as a float
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    // t's low mantissa bits hold round(x·log2(e)) + 127: moved into the exponent field, 2^n.
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
 // log(x) for positive, finite, normal float lanes: Cephes-style split into exponent and a
 // mantissa in [sqrt(1/2), sqrt(2)), then a degree-8 polynomial; about 1 ulp.
 static inline QUILL_AVX2 __m256 log256(__m256 x) {
