@@ -4,10 +4,10 @@ import CQuillKernels
 /// shapes and throws `TensorError` naming the operands; the C kernels behind them trust
 /// their arguments.
 public enum Kernels {
-    /// From this many activation rows on, `matmul` dequantizes weight tiles and uses
-    /// BLAS sgemm; below it, it runs the GEMV kernels once per row (kernels.md: sgemm with
-    /// one row is 3.5× slower than GEMV, with 8 rows already 2× faster). Interleaved Q4_0
-    /// weights are the exception (see `usesSgemm`).
+    /// From this many activation rows on, `matmul` runs a GEMM: sgemm over F32 weights or
+    /// dequantized tiles, `quill_gemm_half` for F16/BF16 (see `usesHalfGemm`); below it, the
+    /// GEMV kernels once per row (kernels.md: sgemm with one row is 3.5× slower than GEMV,
+    /// with 8 rows already 2× faster). Interleaved weights are the exception (see `usesSgemm`).
     public static let gemmThreshold = 8
     /// Weight rows dequantized per sgemm call on the GEMM path.
     public static let gemmTileRows = 128
@@ -296,6 +296,10 @@ public enum Kernels {
         let n = weight.rows, k = weight.columns
         let threads = context.threadCount
         let part = ((n + threads - 1) / threads + 15) / 16 * 16
+        if usesHalfGemm(weight.elementType) {
+            try halfGemm(weight: weight, input: input, rows: m, output: output, part: part, context: context)
+            return
+        }
         let tileRows = gemmTileRows
         // Each thread's tile is reserved here, so an allocation failure throws on the caller
         // (and, once grown, nothing is allocated: batched decode runs through this path).
@@ -324,12 +328,38 @@ public enum Kernels {
         }
     }
 
+    /// Whether `gemm` multiplies `type` weights with `quill_gemm_half` (F16 and BF16 with
+    /// AVX2): it converts each weight panel once, into the layout its micro-kernel reads,
+    /// where the sgemm path converted 128-row tiles and OpenBLAS then repacked them and all
+    /// the activations again for every tile (15% of a 1.1B F16 prompt in perf).
+    static func usesHalfGemm(_ type: ElementType) -> Bool {
+        (type == .f16 || type == .bf16) && KernelLevel.current == .avx2
+    }
+
+    /// `gemm` for F16/BF16 weights: each thread takes `part` weight rows (a multiple of 16,
+    /// the kernel's panel) and packs its panels into its own scratch.
+    private static func halfGemm(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
+                                 output: UnsafeMutablePointer<Float>, part: Int, context: ComputeContext) throws {
+        let packs = try context.perThreadScratch(bytes: Int(quill_gemm_half_pack_floats()) * 4)
+        let job = GemmJob(weights: weight.rawPointer, rowStride: weight.rowStride, type: weight.elementType, input: input,
+                          output: output, rows: m, k: weight.columns, n: weight.rows, part: part, tileRows: 0, tiles: packs)
+        context.pool.parallelFor(context.threadCount, job: job) { job, task in
+            let job = job!.assumingMemoryBound(to: GemmJob.self).pointee
+            let begin = Int(task) * job.part, end = min(job.n, begin + job.part)
+            guard begin < end, let packs = job.tiles else { return }
+            // One task per thread, so the task index picks scratch no other task uses.
+            let pack = packs[Int(task)]!.assumingMemoryBound(to: Float.self)
+            quill_gemm_half(job.type == .bf16 ? 1 : 0, job.weights, Int64(job.rowStride), job.input, Int64(job.k),
+                            job.output, Int64(job.n), Int64(begin), Int64(end), Int64(job.rows), pack)
+        }
+    }
+
     /// What a GEMM task reads (the task captures nothing, so nothing is allocated).
     private struct GemmJob {
         var weights: UnsafeRawPointer, rowStride: Int, type: ElementType
         var input: UnsafeMutablePointer<Float>, output: UnsafeMutablePointer<Float>
         var rows: Int, k: Int, n: Int, part: Int, tileRows: Int
-        /// Per-thread dequantization tiles (nil for F32 weights).
+        /// Per-thread dequantization tiles or panel packs (nil for F32 weights).
         var tiles: UnsafePointer<UnsafeMutableRawPointer?>?
     }
 

@@ -1,3 +1,4 @@
+import CQuillKernels
 import Testing
 @testable import TensorCore
 
@@ -69,6 +70,54 @@ import Testing
         // 300 rows span three 128-row tiles, the last one partial.
         try check(type: type, n: Self.rows(300, type), k: k, m: 8, context: context, seed: 99)
         try check(type: type, n: Self.rows(5, type), k: k, m: 21, context: context, seed: 98)
+    }
+
+    /// The F16/BF16 GEMM kernel called directly, on both levels: weight rows from r0 on
+    /// (partial 16-row panels), k across its 256-column blocks and 8-column groups, activation
+    /// rows across its groups of six, a strided output. Each row equals the same row computed
+    /// alone, and nothing outside the requested block is written.
+    @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.f16, .bf16])
+    func halfGemmKernel(level: KernelLevel, type: ElementType) throws {
+        let pack = UnsafeMutableRawPointer.allocate(byteCount: Int(quill_gemm_half_pack_floats()) * 4, alignment: 64)
+        defer { pack.deallocate() }
+        let packFloats = pack.bindMemory(to: Float.self, capacity: Int(quill_gemm_half_pack_floats()))
+        try KernelLevel.withThreadLevel(level) {
+            for (index, (n, k)) in [(1, 1), (16, 8), (17, 9), (40, 255), (33, 257), (21, 600)].enumerated() {
+                let w = try weight(type, n: n, k: k, seed: UInt64(500 + index))
+                let dequantized = w.floats()
+                let r0 = n > 16 ? 3 : 0, ys = n + 2
+                for m in [1, 5, 6, 13] {
+                    let x = randomFloats(m * k, seed: UInt64(600 + index * 10 + m), scale: 2)
+                    var y = [Float](repeating: 7, count: m * ys)
+                    x.withUnsafeBufferPointer { x in
+                        y.withUnsafeMutableBufferPointer { y in
+                            quill_gemm_half(type == .bf16 ? 1 : 0, w.rawPointer, Int64(w.rowStride), x.baseAddress, Int64(k),
+                                            y.baseAddress, Int64(ys), Int64(r0), Int64(n), Int64(m), packFloats)
+                        }
+                    }
+                    for i in 0..<m {
+                        let reference = referenceMatVec(dequantized, rows: n, columns: k, Array(x[i * k..<(i + 1) * k]))
+                        for r in 0..<ys {
+                            let value = y[i * ys + r]
+                            guard r >= r0, r < n else {
+                                #expect(value == 7, "\(type) n=\(n) k=\(k) m=\(m): column \(r) outside the block was written")
+                                continue
+                            }
+                            #expect(abs(Double(value) - reference.values[r]) <= 1e-5 * reference.magnitudes[r] + 1e-6,
+                                    "\(type) \(level) n=\(n) k=\(k) m=\(m) row \(i) col \(r): \(value) vs \(reference.values[r])")
+                        }
+                        var alone = [Float](repeating: 0, count: ys)
+                        x.withUnsafeBufferPointer { x in
+                            alone.withUnsafeMutableBufferPointer { a in
+                                quill_gemm_half(type == .bf16 ? 1 : 0, w.rawPointer, Int64(w.rowStride), x.baseAddress! + i * k,
+                                                Int64(k), a.baseAddress, Int64(ys), Int64(r0), Int64(n), 1, packFloats)
+                            }
+                        }
+                        #expect(Array(alone[r0..<n]) == Array(y[i * ys + r0..<i * ys + n]), "\(type) n=\(n) k=\(k) m=\(m) row \(i)")
+                    }
+                }
+            }
+        }
     }
 
     @Test(arguments: ElementType.allCases)

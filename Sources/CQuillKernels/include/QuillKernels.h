@@ -133,6 +133,16 @@ void quill_dequantize_q6_K(const void *src, float *dst, int64_t n);
 void quill_dequantize_rows(int type, const void *w, int64_t row_stride, int64_t k,
                            int64_t row_begin, int64_t row_end, float *dst);
 
+/// y[i * y_stride + r] = sum over c of x[i * k + c] * w[r][c] for activation rows i < m and
+/// weight rows row_begin <= r < row_end of a 16-bit float matrix (bf16 != 0: BF16, else F16;
+/// row_stride in bytes): the GEMM path for these types. `pack` is scratch of
+/// quill_gemm_half_pack_floats() floats, 32-byte aligned, used by one call at a time. A row's
+/// result does not depend on m or the rows beside it.
+void quill_gemm_half(int bf16, const void *w, int64_t row_stride, const float *x, int64_t k, float *y,
+                     int64_t y_stride, int64_t row_begin, int64_t row_end, int64_t m, float *pack);
+/// Floats of scratch `quill_gemm_half` needs.
+int64_t quill_gemm_half_pack_floats(void);
+
 // MARK: - Elementwise and reductions
 
 /// y = (x * rsqrt(mean(x^2) + eps)) * weight, the order Hugging Face uses.
