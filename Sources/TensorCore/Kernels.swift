@@ -140,12 +140,12 @@ public enum Kernels {
             for i in 0..<m { quill_quantize_activation_pairs(input + i * k, Int64(k), pointer + i * pairs) }
             pairActivations = pointer
         }
-        // Each matrix in 16 chunks per thread, as if it ran alone (a row's result depends on
+        // Each matrix in its chunks per thread, as if it ran alone (a row's result depends on
         // where its chunk starts, so this keeps results identical to separate calls): the
         // threads meet after the last chunk of the last matrix, and the idle tail is at most
-        // one small chunk.
+        // one chunk.
         var parts = parts
-        parts.divide(threads: context.threadCount)
+        parts.divide(threads: context.threadCount, chunksPerThread: GemvParts.chunksPerThread(type: type, rows: m))
         let job = GemvJob(parts: parts, type: type, input: input, rows: m, k: k,
                           blockActivations: blockActivations, pairActivations: pairActivations)
         let tasks = parts.totalTasks
@@ -244,14 +244,24 @@ public enum Kernels {
             self[count - 1] = Part(weights: weight.rawPointer, stride: Int64(weight.rowStride), rows: weight.rows, output: output)
         }
 
-        /// Splits each matrix into 16 chunks per thread (of a multiple of 8 rows, at least 16:
-        /// interleaved groups never straddle two chunks).
-        mutating func divide(threads: Int) {
+        /// Chunks per thread when `rows` activation rows meet `type` weights. Quantized
+        /// decode rows take 2: each chunk starts a new memory stream whose first lines no
+        /// prefetch covers, and with 16 chunks those starts cost the integer kernels 5-20% of
+        /// decode (quill bench, 2 threads, alternating: 1.1B Q8_0 24.4 -> 29.5 tok/s, MoE
+        /// Q4_0 186-208 -> 235-241, Mamba Q8_0 154-169 -> 178-189). Float weights keep 16
+        /// (no gain measured), as do prompts, where balancing the threads matters more.
+        static func chunksPerThread(type: ElementType, rows: Int) -> Int {
+            type.isQuantized && rows < Kernels.gemmThreshold ? 2 : 16
+        }
+
+        /// Splits each matrix into `chunksPerThread` chunks per thread (of a multiple of 8
+        /// rows, at least 16: interleaved groups never straddle two chunks).
+        mutating func divide(threads: Int, chunksPerThread per: Int) {
             totalTasks = 0
             for index in 0..<count {
                 var part = self[index]
                 let n = part.rows
-                part.chunk = max(16, ((n + threads * 16 - 1) / (threads * 16) + 7) / 8 * 8)
+                part.chunk = max(16, ((n + threads * per - 1) / (threads * per) + 7) / 8 * 8)
                 part.tasks = (n + part.chunk - 1) / part.chunk
                 totalTasks += part.tasks
                 self[index] = part
