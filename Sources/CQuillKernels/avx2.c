@@ -84,8 +84,12 @@ void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t 
 // Each row then gets the four-row group's arithmetic (a and b per 16 columns), so FLOAT_PAIR
 // stays bit-identical. Measured with tensorcore-bench, 2 threads, F16 (F32): 3072×768
 // 0.63–0.75 → 0.84–0.85 (0.70–0.85 → 0.97–1.06) of the bandwidth, 50280×768 0.77 → 0.89–0.99;
-// at 2048×5632 (11 KB rows) the groups stayed ahead, 0.96–1.03 against 0.84–0.88.
-#define FLOAT_STREAM_BYTES 4096
+// at 2048×5632 (11 KB rows) the groups stayed ahead, 0.96–1.03 against 0.84–0.88. Rows of
+// exactly 4 KB (k = 2048 in F16/BF16, the 1.1B's q, o, gate, up and output head) stream too:
+// 2048×2048, 5632×2048 and 32000×2048 F16 went from 19–25 to 32–33 GB/s (tensorcore-bench,
+// 2 threads, two alternations), 1.1B F16 decode 11.5–13.1 → 14.4–14.5 tok/s (quill bench);
+// 16 KB, which would also stream the 11 KB rows, was no faster there (24–25 GB/s either way).
+#define FLOAT_STREAM_BYTES 8192
 
 #define FLOAT_GEMV(NAME, ELEM, LOAD8, SCALAR)                                               \
     void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y,    \
