@@ -66,9 +66,9 @@ void QUILL_AVX2 quill_mamba_scan_avx2(const quill_mamba_scan_args *s, int64_t c0
                 __m256 accumulated = _mm256_setzero_ps();
                 for (int64_t v = 0; v < vectors; v++) {
                     // a = −exp(A_log) < 0 and step = softplus(·) ≥ 0, so a·step ≤ 0: the cheaper
-                // exponential applies (quill bench, Mamba-130M Q4_0 decode, three alternations:
-                // median 356 → 370 tok/s, within a noisy machine's spread).
-                const __m256 decay = exp256_nonpositive(_mm256_mul_ps(_mm256_loadu_ps(a + 8 * v), vstep));
+                    // exponential applies (quill bench, Mamba-130M Q4_0 decode, three alternations:
+                    // median 356 → 370 tok/s, within a noisy machine's spread).
+                    const __m256 decay = exp256_nonpositive(_mm256_mul_ps(_mm256_loadu_ps(a + 8 * v), vstep));
                     const __m256 hv = _mm256_fmadd_ps(decay, _mm256_loadu_ps(h + 8 * v), _mm256_mul_ps(vsu, _mm256_loadu_ps(b + 8 * v)));
                     _mm256_storeu_ps(h + 8 * v, hv);
                     accumulated = _mm256_fmadd_ps(hv, _mm256_loadu_ps(c + 8 * v), accumulated);
