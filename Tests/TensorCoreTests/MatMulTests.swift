@@ -6,7 +6,7 @@ import Testing
 /// float64 reference computed from the dequantized weights, over shapes that exercise the
 /// 4-row and 8/16-lane remainders.
 @Suite struct MatMulTests {
-    static let floatShapes: [(n: Int, k: Int)] = [(1, 1), (3, 7), (4, 8), (5, 15), (9, 16), (17, 17), (6, 33), (13, 100), (8, 256), (9, 1100), (6, 2100)]
+    static let floatShapes: [(n: Int, k: Int)] = [(1, 1), (3, 7), (4, 8), (5, 15), (9, 16), (17, 17), (6, 33), (13, 100), (8, 256), (9, 1100), (6, 2100), (5, 4200)]  // 4200: F16/BF16 rows over 8 KB, in groups of four
     static let quantizedShapes: [(n: Int, k: Int)] = [(1, 32), (3, 64), (4, 96), (5, 160), (17, 512), (9, 32)]
 
     /// Q4_0x8 and Q8_0x8 interleave groups of eight rows: their tests round row counts up to a multiple of 8.
@@ -135,7 +135,7 @@ import Testing
     func rowwiseRowsEqualSingleRows(level: KernelLevel, type: ElementType) throws {
         let context = try ComputeContext(threads: 1)  // the kernel level is per thread
         try KernelLevel.withThreadLevel(level) {
-            for (index, k) in [32, 96, 160, 256, 2080].enumerated() {  // 2080: float rows of 4 KB or more go in groups of four
+            for (index, k) in [32, 96, 160, 256, 2080, 4128].enumerated() {  // float rows over 8 KB go in groups of four: F32 from 2080, F16/BF16 from 4128
                 let n = Self.rows(37, type), m = 9
                 let w = try weight(type, n: n, k: k, seed: UInt64(200 + index))
                 let input = try FloatBuffer(rows: m, columns: k, values: randomFloats(m * k, seed: UInt64(300 + index), scale: 2))
