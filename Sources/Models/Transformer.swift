@@ -88,6 +88,8 @@ public final class TransformerModel {
     var chosenExpert: [Int]                                      // [n·k] expert of each (token, slot)
     var chosenWeight: [Float]                                    // [n·k] its renormalized weight
     var routedChoice: [Int]                                      // [n] (token·k + slot) of each expertInput row
+    var batchedExperts: [(expert: Int, rows: Range<Int>)]        // [experts per pass] gathered experts and their expertInput rows
+    var products: [Kernels.GroupedProduct]                       // [2 · experts per pass] one grouped pass's matrices
     let cosTable, sinTable: UnsafeMutablePointer<Float>          // [rotary/2]
     let outputScratch = OutputScratch()  // the head's gathered rows and logits, grown on demand
     let layout = StepLayout()            // the step's row layout, refilled each step
@@ -165,6 +167,9 @@ public final class TransformerModel {
         chosenExpert = [Int](repeating: 0, count: choices)
         chosenWeight = [Float](repeating: 0, count: choices)
         routedChoice = [Int](repeating: 0, count: c.experts == nil ? 0 : n)
+        batchedExperts = Array(repeating: (0, 0..<0), count: Kernels.GroupedProduct.groupCapacity / 2)
+        products = []
+        products.reserveCapacity(Kernels.GroupedProduct.groupCapacity)
         cosTable = .allocate(capacity: max(1, rope.dimension / 2))
         sinTable = .allocate(capacity: max(1, rope.dimension / 2))
         positions = []
@@ -214,22 +219,56 @@ public final class TransformerModel {
             for slot in 0..<k { chosenWeight[first + slot] /= total }
         }
         for group in groups {
-            for (index, expert) in experts.enumerated() {
-                var rows = 0  // each token picks an expert at most once, so at most n rows
+            // Experts are gathered into expertInput one after another, as many as its rows and
+            // one grouped pass (gate and up of four experts) hold, and run together.
+            var rows = 0, batched = 0
+            for index in experts.indices {
+                var count = 0  // each token picks an expert at most once
+                for choice in group.rows.lowerBound * k..<group.rows.upperBound * k where chosenExpert[choice] == index { count += 1 }
+                guard count > 0 else { continue }
+                if rows + count > expertInput.rows || batched == expertBatchLimit {
+                    try runExperts(experts, batched: batched, rows: rows, group: group)
+                    (rows, batched) = (0, 0)
+                }
+                let first = rows
                 for choice in group.rows.lowerBound * k..<group.rows.upperBound * k where chosenExpert[choice] == index {
                     expertInput.row(rows).update(from: normed.row(choice / k), count: h)
                     routedChoice[rows] = choice
                     rows += 1
                 }
-                guard rows > 0 else { continue }
-                try run(expert, input: expertInput, groups: [RowGroup(rows: 0..<rows, chunks: group.chunks, rowwise: group.rowwise)],
-                        output: expertOutput)
-                for row in 0..<rows {
-                    let weight = chosenWeight[routedChoice[row]]
-                    let target = hidden.row(routedChoice[row] / k), source = expertOutput.row(row)
-                    for i in 0..<h { target[i] += weight * source[i] }
-                }
+                batchedExperts[batched] = (index, first..<rows)
+                batched += 1
             }
+            try runExperts(experts, batched: batched, rows: rows, group: group)
+        }
+    }
+
+    /// Experts a grouped pass holds: their gate and up matrices are two parts each.
+    var expertBatchLimit: Int { Kernels.GroupedProduct.groupCapacity / 2 }
+
+    /// Runs the first `batched` entries of `batchedExperts` over their rows of expertInput
+    /// (`rows` in all), as one grouped pass for the gates and ups and one for the downs, and
+    /// adds each row's output into its token's hidden row, scaled by its routing weight.
+    func runExperts(_ experts: [Expert], batched: Int, rows: Int, group: RowGroup) throws {
+        guard batched > 0 else { return }
+        let k = configuration.experts!.perToken, h = configuration.hiddenSize
+        let path = group.path
+        products.removeAll(keepingCapacity: true)
+        for (index, range) in batchedExperts[0..<batched] {
+            products.append(.init(weight: experts[index].gate, rows: range, output: gateOut))
+            products.append(.init(weight: experts[index].up, rows: range, output: upOut))
+        }
+        try Kernels.matmul(grouped: products, input: expertInput, path: path, context: context)
+        try Kernels.swiglu(gate: gateOut, up: upOut, rows: rows, output: gateOut)
+        products.removeAll(keepingCapacity: true)
+        for (index, range) in batchedExperts[0..<batched] {
+            products.append(.init(weight: experts[index].down, rows: range, output: expertOutput))
+        }
+        try Kernels.matmul(grouped: products, input: gateOut, path: path, context: context)
+        for row in 0..<rows {
+            let weight = chosenWeight[routedChoice[row]]
+            let target = hidden.row(routedChoice[row] / k), source = expertOutput.row(row)
+            for i in 0..<h { target[i] += weight * source[i] }
         }
     }
 

@@ -105,9 +105,64 @@ public enum Kernels {
         var parts = GemvParts()
         for (weight, output) in zip(weights, outputs) {
             try check(weight: weight, input: input, rows: range, output: output)
-            parts.append(weight, output.pointer + range.lowerBound * weight.rows)
+            parts.append(weight, output.pointer + range.lowerBound * weight.rows, activationRows: 0..<m)
         }
         try gemv(parts, type: first.elementType, k: k, input: input.pointer + range.lowerBound * k, rows: m, context: context)
+    }
+
+    /// One matrix of a grouped product (`matmul(grouped:...)`): `weight` times the rows
+    /// `rows` of the shared input, written to the same rows of `output`.
+    public struct GroupedProduct {
+        /// The matrix, [n, k].
+        public var weight: Tensor
+        /// The rows of the input (and of `output`) it multiplies.
+        public var rows: Range<Int>
+        /// The output, n columns.
+        public var output: FloatBuffer
+
+        /// Products one grouped pass runs together (more run as several passes).
+        public static var groupCapacity: Int { GemvParts.capacity }
+
+        /// `weight` times `rows` of the input into `output`.
+        public init(weight: Tensor, rows: Range<Int>, output: FloatBuffer) {
+            (self.weight, self.rows, self.output) = (weight, rows, output)
+        }
+    }
+
+    /// Several matrices, each against its own rows of one input: a mixture-of-experts
+    /// layer's experts, each over the tokens routed to it. On the GEMV path (few rows, or
+    /// `.rowwise`) up to `GemvParts.capacity` of them run as one parallel pass, so the
+    /// threads meet once for all the experts instead of once per matrix, and the input
+    /// rows are quantized once. Each output equals a separate `matmul` of its product.
+    public static func matmul(grouped products: [GroupedProduct], input: FloatBuffer, path: MatmulPath,
+                              context: ComputeContext) throws {
+        guard let first = products.first else { return }
+        let k = first.weight.columns
+        let fused = products.count <= GemvParts.capacity && k > 0
+            && products.allSatisfy {
+                $0.weight.elementType == first.weight.elementType && $0.weight.columns == k && $0.weight.rows > 0
+                    && !$0.rows.isEmpty && !usesSgemm(rows: $0.rows.count, type: $0.weight.elementType, path: path)
+            }
+        guard fused else {
+            for product in products {
+                try matmul(weight: product.weight, input: input, rows: product.rows, output: product.output, path: path, context: context)
+            }
+            return
+        }
+        // The activations quantized (or read) are the rows from the lowest product's first to
+        // the highest one's last; each part addresses its rows relative to that base.
+        var base = Int.max, top = 0
+        for product in products {
+            try check(weight: product.weight, input: input, rows: product.rows, output: product.output)
+            base = min(base, product.rows.lowerBound)
+            top = max(top, product.rows.upperBound)
+        }
+        var parts = GemvParts()
+        for product in products {
+            let rows = product.rows.lowerBound - base..<product.rows.upperBound - base
+            parts.append(product.weight, product.output.pointer + product.rows.lowerBound * product.weight.rows, activationRows: rows)
+        }
+        try gemv(parts, type: first.weight.elementType, k: k, input: input.pointer + base * k, rows: top - base, context: context)
     }
 
     /// One or a few activation rows: the multi-row GEMV micro-kernels, parallel over weight
@@ -116,12 +171,13 @@ public enum Kernels {
     static func gemv(weight: Tensor, input: UnsafeMutablePointer<Float>, rows m: Int,
                      output: UnsafeMutablePointer<Float>, context: ComputeContext) throws {
         var parts = GemvParts()
-        parts.append(weight, output)
+        parts.append(weight, output, activationRows: 0..<m)
         try gemv(parts, type: weight.elementType, k: weight.columns, input: input, rows: m, context: context)
     }
 
-    /// Up to four matrices of one element type and width against the same activation rows,
-    /// as one parallel pass over all their weight rows (see `matmul(weights:...)`).
+    /// Up to `GemvParts.capacity` matrices of one element type and width, each against its
+    /// own range of the `m` activation rows at `input`, as one parallel pass over all their
+    /// weight rows (see `matmul(weights:...)` and `matmul(grouped:...)`).
     static func gemv(_ parts: GemvParts, type: ElementType, k: Int, input: UnsafeMutablePointer<Float>, rows m: Int,
                      context: ComputeContext) throws {
         // Quantized weights are dotted against activations quantized to int8 blocks, laid
@@ -145,7 +201,7 @@ public enum Kernels {
         // threads meet after the last chunk of the last matrix, and the idle tail is at most
         // one chunk.
         var parts = parts
-        parts.divide(threads: context.threadCount, chunksPerThread: GemvParts.chunksPerThread(type: type, rows: m))
+        parts.divide(threads: context.threadCount, type: type)
         let job = GemvJob(parts: parts, type: type, input: input, rows: m, k: k,
                           blockActivations: blockActivations, pairActivations: pairActivations)
         let tasks = parts.totalTasks
@@ -170,24 +226,27 @@ public enum Kernels {
 
     /// Rows `begin..<end` of one matrix of a GEMV job, for every activation row.
     private static func gemvRows(_ job: GemvJob, _ part: GemvParts.Part, _ begin: Int, _ end: Int) {
-        let m = job.rows, k = job.k, n = part.rows
+        let m = part.activationRows.count, k = job.k, n = part.rows, first = part.activationRows.lowerBound
+        let input = job.input + first * k
+        let blockActivations = job.blockActivations.map { $0 + first * (k / 32) }
+        let pairActivations = job.pairActivations.map { $0 + first * ((k / 32 + 1) / 2) }
         // Interleaved Q4_0 or Q8_0: eight weight rows per block and up to four activation rows at once.
         if job.type == .q4_0x8 {
-            quill_gemv_q4_0x8_rows(part.weights, Int64(k), job.blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
+            quill_gemv_q4_0x8_rows(part.weights, Int64(k), blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
             return
         }
         if job.type == .q8_0x8 {
-            quill_gemv_q8_0x8_rows(part.weights, Int64(k), job.blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
+            quill_gemv_q8_0x8_rows(part.weights, Int64(k), blockActivations!, part.output, Int64(n), Int64(begin), Int64(end), Int64(m))
             return
         }
         // Quantized weights and several rows: each weight block unpacked once for all rows.
         if job.type == .q4_0 && m > 1 {
-            quill_gemv_q4_0_rows(part.weights, part.stride, job.pairActivations!, Int64(k), part.output, Int64(n),
+            quill_gemv_q4_0_rows(part.weights, part.stride, pairActivations!, Int64(k), part.output, Int64(n),
                                  Int64(begin), Int64(end), Int64(m))
             return
         }
         if job.type == .q8_0 && m > 1 {
-            quill_gemv_q8_0_rows(part.weights, part.stride, job.blockActivations!, Int64(k), part.output, Int64(n),
+            quill_gemv_q8_0_rows(part.weights, part.stride, blockActivations!, Int64(k), part.output, Int64(n),
                                  Int64(begin), Int64(end), Int64(m))
             return
         }
@@ -200,102 +259,27 @@ public enum Kernels {
             if m > 1 && (job.type == .f32 || job.type == .f16 || job.type == .bf16) {
                 let w = part.weights, stride = part.stride, r0 = Int64(start), r1 = Int64(stop), y = part.output
                 switch job.type {
-                case .f32: quill_gemv_f32_rows(w, stride, job.input, Int64(k), y, Int64(n), r0, r1, Int64(m))
-                case .f16: quill_gemv_f16_rows(w, stride, job.input, Int64(k), y, Int64(n), r0, r1, Int64(m))
-                default: quill_gemv_bf16_rows(w, stride, job.input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+                case .f32: quill_gemv_f32_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+                case .f16: quill_gemv_f16_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+                default: quill_gemv_bf16_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
                 }
                 start = stop
                 continue
             }
             for i in 0..<m {
-                let x = job.input + i * k, y = part.output + i * n
+                let x = input + i * k, y = part.output + i * n
                 let r0 = Int64(start), r1 = Int64(stop), w = part.weights, stride = part.stride
                 switch job.type {
                 case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
                 case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
                 case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
-                case .q8_0: quill_gemv_q8_0(w, stride, job.blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
-                case .q4_0: quill_gemv_q4_0(w, stride, job.pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
+                case .q8_0: quill_gemv_q8_0(w, stride, blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
+                case .q4_0: quill_gemv_q4_0(w, stride, pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
                 case .q4_0x8, .q8_0x8: break  // handled above
                 }
             }
             start = stop
         }
-    }
-
-    /// Up to four (weight, output) pairs of a GEMV job, stored inline so that the job, passed
-    /// by value to the pool, needs no heap storage. (`@unchecked Sendable`: raw pointers the
-    /// pool's threads read; without it Swift 6.3's region analysis crashes on this job.)
-    struct GemvParts: @unchecked Sendable {
-        struct Part {
-            var weights: UnsafeRawPointer, stride: Int64, rows: Int
-            /// Row i of the activations writes output + i · rows.
-            var output: UnsafeMutablePointer<Float>
-            /// Weight rows per task, and tasks (set by `divide`).
-            var chunk = 0, tasks = 0
-        }
-        static let capacity = 4
-        private var storage: (Part?, Part?, Part?, Part?) = (nil, nil, nil, nil)
-        private(set) var count = 0
-        private(set) var totalTasks = 0
-
-        mutating func append(_ weight: Tensor, _ output: UnsafeMutablePointer<Float>) {
-            count += 1
-            self[count - 1] = Part(weights: weight.rawPointer, stride: Int64(weight.rowStride), rows: weight.rows, output: output)
-        }
-
-        /// Chunks per thread when `rows` activation rows meet `type` weights. Quantized
-        /// decode rows take 2: each chunk starts a new memory stream whose first lines no
-        /// prefetch covers, and with 16 chunks those starts cost the integer kernels 5-20% of
-        /// decode (quill bench, 2 threads, alternating: 1.1B Q8_0 24.4 -> 29.5 tok/s, MoE
-        /// Q4_0 186-208 -> 235-241, Mamba Q8_0 154-169 -> 178-189). Float weights keep 16
-        /// (no gain measured), as do prompts, where balancing the threads matters more.
-        static func chunksPerThread(type: ElementType, rows: Int) -> Int {
-            type.isQuantized && rows < Kernels.gemmThreshold ? 2 : 16
-        }
-
-        /// Splits each matrix into `chunksPerThread` chunks per thread (of a multiple of 8
-        /// rows, at least 16: interleaved groups never straddle two chunks).
-        mutating func divide(threads: Int, chunksPerThread per: Int) {
-            totalTasks = 0
-            for index in 0..<count {
-                var part = self[index]
-                let n = part.rows
-                part.chunk = max(16, ((n + threads * per - 1) / (threads * per) + 7) / 8 * 8)
-                part.tasks = (n + part.chunk - 1) / part.chunk
-                totalTasks += part.tasks
-                self[index] = part
-            }
-        }
-
-        /// Part `index` (< count).
-        subscript(index: Int) -> Part {
-            get {
-                switch index {
-                case 0: return storage.0!
-                case 1: return storage.1!
-                case 2: return storage.2!
-                default: return storage.3!
-                }
-            }
-            set {
-                switch index {
-                case 0: storage.0 = newValue
-                case 1: storage.1 = newValue
-                case 2: storage.2 = newValue
-                default: storage.3 = newValue
-                }
-            }
-        }
-    }
-
-    /// What a GEMV task reads: everything by value, so the task captures nothing.
-    private struct GemvJob: @unchecked Sendable {
-        var parts: GemvParts, type: ElementType
-        var input: UnsafeMutablePointer<Float>
-        var rows: Int, k: Int
-        var blockActivations: UnsafeMutablePointer<quill_activation_block>?
-        var pairActivations: UnsafeMutablePointer<quill_activation_pair>?
     }
 
     /// Many activation rows: each thread takes a contiguous slice of weight rows and calls

@@ -186,6 +186,40 @@ import Testing
         }
     }
 
+
+    /// Experts' matrices, each over its own rows of one input, in one grouped call give
+    /// exactly what separate calls give: on the GEMV path (decode rows, row-wise), with
+    /// rows not starting at 0, more products than one pass holds (several passes), shared
+    /// outputs, and on GEMM rows (one call per product).
+    @Test(arguments: ElementType.allCases)
+    func groupedProductsEqualSeparateCalls(type: ElementType) throws {
+        let context = try ComputeContext(threads: 2)
+        let k = 160, n = Self.rows(40, type)
+        let weights = try (0..<10).map { try weight(type, n: n, k: k, seed: UInt64(500 + $0)) }
+        let input = try FloatBuffer(rows: 30, columns: k, values: randomFloats(30 * k, seed: 510, scale: 2))
+        let cases: [(ranges: [Range<Int>], path: Kernels.MatmulPath)] = [
+            ([1..<2, 3..<4, 2..<3], .automatic),                           // three experts of one decode token each
+            ([0..<3, 3..<5, 5..<6, 6..<9, 9..<10], .rowwise),              // batched decode rows
+            ((0..<10).map { $0..<$0 + 1 }, .automatic),                    // past one pass's capacity
+            ([0..<12, 12..<30], .automatic),                               // prompt rows
+        ]
+        for (ranges, path) in cases {
+            let grouped = try FloatBuffer(rows: 30, columns: n)
+            let products = ranges.enumerated().map { Kernels.GroupedProduct(weight: weights[$0], rows: $1, output: grouped) }
+            try Kernels.matmul(grouped: products, input: input, path: path, context: context)
+            for (j, range) in ranges.enumerated() {
+                let alone = try FloatBuffer(rows: 30, columns: n)
+                try Kernels.matmul(weight: weights[j], input: input, rows: range, output: alone, path: path, context: context)
+                for i in range { #expect(grouped.values(ofRow: i) == alone.values(ofRow: i), "\(type) \(ranges) product \(j) row \(i)") }
+            }
+        }
+        // A product whose rows the input or output lacks throws.
+        let short = try FloatBuffer(rows: 2, columns: n)
+        #expect(throws: TensorError.self) {
+            try Kernels.matmul(grouped: [.init(weight: weights[0], rows: 1..<3, output: short)], input: input, path: .automatic,
+                               context: context)
+        }
+    }
     @Test func quantizedActivationErrorStaysSmallAgainstFloatInput() throws {
         // The int8 activation costs accuracy; bound it against the unquantized dot product.
         let context = try ComputeContext(threads: 1)
