@@ -1,7 +1,7 @@
 // Serving benchmark: what continuous batching, prefix caching and speculative decoding buy.
 // Every figure is a ratio against a baseline measured in the same run.
 //
-//   swift run -c release serving-bench [--threads 2] [--models small,billion] [--type q4_0]
+//   swift run -c release serving-bench [--threads 2] [--models small,billion] [--type q4_0|q8_0|f16]
 //       [--streams 1,2,4,8,16] [--decode 32] [--history 1000] [--only overhead|batch|prefix|speculative]
 //       [--work /tmp/quill-model-bench] [--json results/serving.json] [--rounds 11]
 //
@@ -22,7 +22,8 @@ import Quill
 
 let threads = Int(option("--threads", "2"))!
 let models = option("--models", "small,billion").split(separator: ",").map(String.init)
-let type = ElementType(rawValue: option("--type", "q4_0"))
+// The benchmark models are written in F16: `--type f16` keeps them so (no conversion at load).
+let type = ElementType(rawValue: option("--type", "q4_0")).flatMap { $0 == .f16 ? nil : $0 }
 let streamCounts = option("--streams", "1,2,4,8,16").split(separator: ",").compactMap { Int($0) }
 let decodeLength = Int(option("--decode", "32"))!
 let historyLength = Int(option("--history", "1000"))!
