@@ -150,8 +150,8 @@ for threads in threadCounts {
                 rates.append(Double(first.byteCount) / time / 1e9)
                 ratios.append(rates.last! / available)
             }
-            report(Row(benchmark: gemvRows == 1 ? "gemv" : "gemv, \(gemvRows) rows", threads: threads, shape: label, type: "\(type)", value: median(rates), unit: "GB/s",
-                       ratio: median(ratios), ratioOf: "bandwidth"))
+            report(Row(benchmark: gemvRows == 1 ? "gemv" : "gemv, \(gemvRows) rows", threads: threads, shape: label,
+                       type: "\(type)", value: median(rates), unit: "GB/s", ratio: median(ratios), ratioOf: "bandwidth"))
         }
 
         // GEMM: many activation rows against plain OpenBLAS sgemm with its own threads.
