@@ -229,8 +229,9 @@ FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
 // a time (2 × 3 × 2 = 12 accumulators), so a pair is streamed from memory once for all m rows.
 // The tail weight rows go through FLOAT_GEMV itself: bit-identical per row. Measured against
 // the previous order (activation rows two at a time, each pair of them sweeping all weight
-// rows, which read every weight row m/2 times), 8 rows × 2048×2048 and 5632×2048 F16 on two
-// threads: 51–56 → 70–95 GFLOPS (a throwaway C benchmark, not committed).
+// rows, which read every weight row m/2 times), 8 rows of 2048×2048, 5632×2048 and 2048×5632
+// F16 on two threads: 42–71 → 67–113 GFLOPS (a throwaway C benchmark, not committed),
+// 10.1–12.4 → 10.9–13.9 GB/s of weights (tensorcore-bench --gemv-rows 8).
 #define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR)                                           \
     FLOAT_TILE(ELEM, LOAD8, SCALAR)                                                                  \
     void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys,    \
