@@ -172,6 +172,14 @@ FLOAT_GEMV(quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
 FLOAT_GEMV(quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
 FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
 
+// Weight vectors W0 and W1 (columns at OFFSET) against every activation row of the tile.
+#define FLOAT_TILE_BLOCK(ACC0, ACC1, W0, W1, OFFSET)                                                 \
+    for (int j = 0; j < nj; j++) {                                                                   \
+        const __m256 xv = _mm256_loadu_ps(x + j * k + (OFFSET));                                     \
+        ACC0[j] = _mm256_fmadd_ps(W0, xv, ACC0[j]);                                                  \
+        ACC1[j] = _mm256_fmadd_ps(W1, xv, ACC1[j]);                                                  \
+    }
+
 // Two weight rows against up to three activation rows (x: rows k floats apart, y: outputs
 // ys apart): each weight vector is loaded (and converted) once for all of them. Every
 // (weight row, activation row) pair keeps its own a/b accumulators with exactly FLOAT_GEMV's
@@ -192,25 +200,13 @@ FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
                 _mm_prefetch((const char *)(p1 + i) + gap, _MM_HINT_T0);                               \
             }                                                                                          \
             const __m256 w0 = LOAD8(p0 + i), w1 = LOAD8(p1 + i);                                       \
-            for (int j = 0; j < nj; j++) {                                                             \
-                const __m256 xv = _mm256_loadu_ps(x + j * k + i);                                      \
-                a0[j] = _mm256_fmadd_ps(w0, xv, a0[j]);                                                \
-                a1[j] = _mm256_fmadd_ps(w1, xv, a1[j]);                                                \
-            }                                                                                          \
+            FLOAT_TILE_BLOCK(a0, a1, w0, w1, i);                                                       \
             const __m256 v0 = LOAD8(p0 + i + 8), v1 = LOAD8(p1 + i + 8);                               \
-            for (int j = 0; j < nj; j++) {                                                             \
-                const __m256 xv = _mm256_loadu_ps(x + j * k + i + 8);                                  \
-                b0[j] = _mm256_fmadd_ps(v0, xv, b0[j]);                                                \
-                b1[j] = _mm256_fmadd_ps(v1, xv, b1[j]);                                                \
-            }                                                                                          \
+            FLOAT_TILE_BLOCK(b0, b1, v0, v1, i + 8);                                                   \
         }                                                                                              \
         for (; i + 8 <= k; i += 8) {                                                                   \
             const __m256 w0 = LOAD8(p0 + i), w1 = LOAD8(p1 + i);                                       \
-            for (int j = 0; j < nj; j++) {                                                             \
-                const __m256 xv = _mm256_loadu_ps(x + j * k + i);                                      \
-                a0[j] = _mm256_fmadd_ps(w0, xv, a0[j]);                                                \
-                a1[j] = _mm256_fmadd_ps(w1, xv, a1[j]);                                                \
-            }                                                                                          \
+            FLOAT_TILE_BLOCK(a0, a1, w0, w1, i);                                                       \
         }                                                                                              \
         for (int j = 0; j < nj; j++) {                                                                 \
             const float *xj = x + j * k;                                                               \
