@@ -3,7 +3,7 @@
 // OpenBLAS sgemm on the same shapes. Ratios, not absolute numbers, are what compare across
 // runs on a shared, noisy machine.
 //
-//   swift run -c release tensorcore-bench [--threads 1,2] [--json out.json] [--quick] [--only gemv|gemm] [--shapes 4096x4096,2048x5632]
+//   swift run -c release tensorcore-bench [--threads 1,2] [--json out.json] [--quick] [--only gemv|gemm] [--shapes 4096x4096,2048x5632] [--types f16,q4_0] [--gemv-rows 8]
 //       [--gemv-rows 1...8]
 import CBenchSupport
 import Foundation
@@ -56,6 +56,9 @@ let only = option("--only")  // gemv or gemm: run one half
 // Activation rows of the GEMV half (row-wise, as batched decode multiplies): weight bytes per
 // second stays the figure, so 8 rows at the rate of 1 means the 8 rows cost nothing extra.
 let gemvRows = max(1, min(8, Int(option("--gemv-rows") ?? "1") ?? 1))
+// Weight types to run (`--types f16,q4_0`, as the rows print them); all when absent.
+let types = option("--types").map { Set($0.uppercased().split(separator: ",").map(String.init)) }
+let selectedTypes = ElementType.allCases.filter { types?.contains("\($0)".uppercased()) ?? true }
 
 func randomValues(_ count: Int) -> [Float] {
     var generator = SystemRandomNumberGenerator()
@@ -127,7 +130,7 @@ for threads in threadCounts {
         let output = try FloatBuffer(rows: 512, columns: shape.rows)
 
         // GEMV: --gemv-rows activation rows, weights streamed from memory.
-        for type in ElementType.allCases where only != "gemm" {
+        for type in selectedTypes where only != "gemm" {
             let first = try f32.converted(to: type, pool: context.pool)
             let copies = max(1, targetBytes / first.byteCount)
             var weights = [first]
@@ -171,7 +174,7 @@ for threads in threadCounts {
             let baseline = flops / baselineTime / 1e9
             report(Row(benchmark: "sgemm", threads: threads, shape: "\(m)x\(label)", type: "F32", value: baseline, unit: "GFLOPS",
                        ratio: 1, ratioOf: "itself"))
-            for type in ElementType.allCases {
+            for type in selectedTypes {
                 let weight = try f32.converted(to: type, pool: context.pool)
                 let time = try timePerCall(repetitions: 3, minimum: 0.2) {
                     try Kernels.matmul(weight: weight, input: input, rows: m, output: output, context: context)
