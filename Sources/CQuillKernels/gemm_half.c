@@ -13,8 +13,10 @@
 //    reads one sequential stream instead of six rows 8 KB apart;
 //  - 16 weight rows × KC columns are converted into wpack[KC][16] (16 KB: stays in L1);
 //  - the micro-kernel takes 6 activation rows × those 16 weight rows: 12 accumulators, and
-//    per column 2 weight loads, 6 activation broadcasts and 12 FMAs. It adds its 6 × 16
-//    block to the output after the first KC block, prefetching it first.
+//    per column 2 weight loads, 6 activation broadcasts and 12 FMAs (a block's last rows
+//    may go 4 at a time instead, see group_rows). It adds its block to the output after the
+//    first KC block, prefetching it first;
+//  - while it runs, the next panel's weight rows are prefetched.
 // Each output is a plain sum over k in order within each KC block, the blocks added in
 // order: a row's result does not depend on m or on the rows beside it.
 #include "internal.h"
@@ -104,44 +106,50 @@ static inline QUILL_AVX2 void prefetch_row_part(const uint8_t *p, int64_t bytes)
     for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)(p + b), _MM_HINT_T0);
 }
 
-// xpack[g][c][j] = x[(i0 + 6g + j) * k + k0 + c] for the `rows` activation rows from i0
-// (rows past them: zero, and their outputs are never stored).
-static QUILL_AVX2 void pack_activations(const float *x, int64_t k, int64_t i0, int64_t rows, int64_t k0, int64_t kc,
+// How many rows group g of an mc-row block holds: sixes, except that a remainder of one to
+// four rows ends the block as one or two groups of four (7 → 4 + 4 instead of 6 + 1, 8 → 4 + 4
+// instead of 6 + 2), so a 128-row prompt runs 20 × 6 + 2 × 4 rows instead of 22 × 6. A group
+// of four keeps 8 accumulators, enough to hide the FMA latency on both pipes.
+static inline int64_t group_rows(int64_t mc, int64_t start) {
+    const int64_t left = mc - start;
+    if (left == 7 || left == 8) return 4;
+    return left >= 6 ? 6 : left;
+}
+
+// For each group from row i0 + start with n rows, xpack[start * kc + c * g + j] =
+// x[(i0 + start + j) * k + k0 + c] with g = 6 or 4 lanes (rows past the block: zero, and
+// their outputs are never stored).
+static QUILL_AVX2 void pack_activations(const float *x, int64_t k, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
                                         float *xpack) {
-    for (int64_t g = 0; g * 6 < rows; g++) {
-        float *o = xpack + g * kc * 6;
-        const int64_t n = rows - g * 6 < 6 ? rows - g * 6 : 6;
+    for (int64_t start = 0; start < mc;) {
+        const int64_t n = group_rows(mc, start), lanes = n > 4 ? 6 : 4;
+        float *o = xpack + start * kc;
         const float *src[6];
-        for (int64_t j = 0; j < 6; j++) src[j] = x + (i0 + g * 6 + (j < n ? j : 0)) * k + k0;
+        for (int64_t j = 0; j < lanes; j++) src[j] = x + (i0 + start + (j < n ? j : 0)) * k + k0;
         for (int64_t c = 0; c < kc; c++)
-            for (int64_t j = 0; j < 6; j++) o[c * 6 + j] = j < n ? src[j][c] : 0.0f;
+            for (int64_t j = 0; j < lanes; j++) o[c * lanes + j] = j < n ? src[j][c] : 0.0f;
+        start += n;
     }
 }
 
-// 6 packed activation rows × 16 packed weight rows over kc columns; the first `rows` rows
-// and `cols` columns of the block are stored at y, added to what is there unless `first`.
-static inline QUILL_AVX2 void micro_kernel(const float *xp, const float *wp, int64_t kc, float *y, int64_t ys,
-                                           int64_t rows, int64_t cols, int first) {
+// LANES (6 or 4, a constant at each call) packed activation rows × 16 packed weight rows over
+// kc columns; the first `rows` rows and `cols` columns of the block are stored at y, added to
+// what is there unless `first`.
+static inline __attribute__((always_inline)) QUILL_AVX2 void
+micro_kernel(const int lanes, const float *xp, const float *wp, int64_t kc, float *y, int64_t ys, int64_t rows,
+             int64_t cols, int first) {
     if (!first)
         for (int64_t i = 0; i < rows; i++) _mm_prefetch((const char *)(y + i * ys), _MM_HINT_T0);
-    __m256 lo0 = _mm256_setzero_ps(), lo1 = lo0, lo2 = lo0, lo3 = lo0, lo4 = lo0, lo5 = lo0;
-    __m256 hi0 = lo0, hi1 = lo0, hi2 = lo0, hi3 = lo0, hi4 = lo0, hi5 = lo0;
-    for (int64_t c = 0; c < kc; c++, xp += 6, wp += PANEL) {
+    __m256 lo[6], hi[6];
+    for (int j = 0; j < lanes; j++) lo[j] = hi[j] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < kc; c++, xp += lanes, wp += PANEL) {
         const __m256 b0 = _mm256_load_ps(wp), b1 = _mm256_load_ps(wp + 8);
-        __m256 a = _mm256_broadcast_ss(xp + 0);
-        lo0 = _mm256_fmadd_ps(a, b0, lo0); hi0 = _mm256_fmadd_ps(a, b1, hi0);
-        a = _mm256_broadcast_ss(xp + 1);
-        lo1 = _mm256_fmadd_ps(a, b0, lo1); hi1 = _mm256_fmadd_ps(a, b1, hi1);
-        a = _mm256_broadcast_ss(xp + 2);
-        lo2 = _mm256_fmadd_ps(a, b0, lo2); hi2 = _mm256_fmadd_ps(a, b1, hi2);
-        a = _mm256_broadcast_ss(xp + 3);
-        lo3 = _mm256_fmadd_ps(a, b0, lo3); hi3 = _mm256_fmadd_ps(a, b1, hi3);
-        a = _mm256_broadcast_ss(xp + 4);
-        lo4 = _mm256_fmadd_ps(a, b0, lo4); hi4 = _mm256_fmadd_ps(a, b1, hi4);
-        a = _mm256_broadcast_ss(xp + 5);
-        lo5 = _mm256_fmadd_ps(a, b0, lo5); hi5 = _mm256_fmadd_ps(a, b1, hi5);
+        for (int j = 0; j < lanes; j++) {
+            const __m256 a = _mm256_broadcast_ss(xp + j);
+            lo[j] = _mm256_fmadd_ps(a, b0, lo[j]);
+            hi[j] = _mm256_fmadd_ps(a, b1, hi[j]);
+        }
     }
-    const __m256 lo[6] = {lo0, lo1, lo2, lo3, lo4, lo5}, hi[6] = {hi0, hi1, hi2, hi3, hi4, hi5};
     for (int64_t i = 0; i < rows; i++) {
         float *out = y + i * ys;
         if (cols == PANEL) {
@@ -166,6 +174,8 @@ static QUILL_AVX2 void gemm_half_avx2(int bf16, const void *w, int64_t rs, const
     float *wpack = pack, *xpack = pack + PANEL * KC;
     for (int64_t i0 = 0; i0 < m; i0 += MC) {
         const int64_t mc = m - i0 < MC ? m - i0 : MC;
+        int64_t groups = 0;
+        for (int64_t i = 0; i < mc; i += group_rows(mc, i)) groups++;
         for (int64_t k0 = 0; k0 < k; k0 += KC) {
             const int64_t kc = k - k0 < KC ? k - k0 : KC;
             pack_activations(x, k, i0, mc, k0, kc, xpack);
@@ -179,12 +189,15 @@ static QUILL_AVX2 void gemm_half_avx2(int bf16, const void *w, int64_t rs, const
                 int64_t next = row0 + PANEL, next_k0 = k0;
                 if (next >= r1) next = r0, next_k0 = k0 + KC;
                 const int64_t next_end = next_k0 < k ? (next + PANEL < r1 ? next + PANEL : r1) : next;
-                const int64_t calls = (mc + 5) / 6, rows_per_call = (PANEL + calls - 1) / calls;
-                for (int64_t i = 0; i < mc; i += 6) {
+                const int64_t rows_per_call = (PANEL + groups - 1) / groups;
+                for (int64_t i = 0; i < mc;) {
                     for (int64_t e = 0; e < rows_per_call && next < next_end; e++, next++)
                         prefetch_row_part((const uint8_t *)w + next * rs + next_k0 * 2, kc * 2);
-                    micro_kernel(xpack + i * kc, wpack, kc, y + (i0 + i) * ys + row0, ys, mc - i < 6 ? mc - i : 6, cols,
-                                 k0 == 0);
+                    const int64_t n = group_rows(mc, i);
+                    float *out = y + (i0 + i) * ys + row0;
+                    if (n > 4) micro_kernel(6, xpack + i * kc, wpack, kc, out, ys, n, cols, k0 == 0);
+                    else micro_kernel(4, xpack + i * kc, wpack, kc, out, ys, n, cols, k0 == 0);
+                    i += n;
                 }
             }
         }

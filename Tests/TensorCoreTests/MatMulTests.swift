@@ -74,7 +74,8 @@ import Testing
 
     /// The F16/BF16 GEMM kernel called directly, on both levels: weight rows from r0 on
     /// (partial 16-row panels), k across its 256-column blocks and 8-column groups, activation
-    /// rows across its groups of six, a strided output. Each row equals the same row computed
+    /// rows across its groups of six and four (7 = 4 + 3, 8 = 4 + 4, 14 = 6 + 4 + 4) and past
+    /// one 240-row block (245), a strided output. Each row equals the same row computed
     /// alone, and nothing outside the requested block is written.
     @Test(arguments: [KernelLevel.scalar, .avx2], [ElementType.f16, .bf16])
     func halfGemmKernel(level: KernelLevel, type: ElementType) throws {
@@ -86,7 +87,7 @@ import Testing
                 let w = try weight(type, n: n, k: k, seed: UInt64(500 + index))
                 let dequantized = w.floats()
                 let r0 = n > 16 ? 3 : 0, ys = n + 2
-                for m in [1, 5, 6, 13] {
+                for m in [1, 3, 5, 6, 7, 8, 11, 13, 14, 245] {
                     let x = randomFloats(m * k, seed: UInt64(600 + index * 10 + m), scale: 2)
                     var y = [Float](repeating: 7, count: m * ys)
                     x.withUnsafeBufferPointer { x in
