@@ -23,7 +23,7 @@ let batchedBench = URL(fileURLWithPath: llamaBench).deletingLastPathComponent().
 let ggufFolder = URL(fileURLWithPath: option("--gguf", "/tmp/quill-gguf"))
 let threadCounts = option("--threads", "1,2").split(separator: ",").compactMap { Int($0) }
 let rounds = Int(option("--rounds", "3"))!
-let depths = option("--depths", "1024,4096").split(separator: ",").compactMap { Int($0) }
+let depths = option("--depths", "1024,4096").split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
 let models = option("--models", "llama-110m-f16,llama-110m-q8_0,llama-110m-q4_0,llama-1.1b-f16,llama-1.1b-q8_0,llama-1.1b-q4_0,"
                     + "moe-8x-q8_0,moe-8x-q4_0,mamba-130m-f16,mamba-130m-q8_0,mamba-130m-q4_0").split(separator: ",").map(String.init)
 let jsonPath = option("--json", "")
@@ -56,7 +56,7 @@ func llamaCpp(_ file: String, threads: Int) throws -> [String: Double] {
             result[prompt > 0 ? "pp\(prompt)" : "tg\(generated)"] = rate
         }
     }
-    if FileManager.default.isExecutableFile(atPath: batchedBench), let deepest = depths.max() {
+    if kinds.contains("tg"), FileManager.default.isExecutableFile(atPath: batchedBench), let deepest = depths.max() {
         let text = try execute(batchedBench, ["-m", file, "-t", "\(threads)", "-c", "\(deepest + 128)", "-b", "512", "-ub", "512",
                                               "-npp", depths.map(String.init).joined(separator: ","), "-ntg", "64", "-npl", "1",
                                               "--output-format", "jsonl"])
