@@ -71,6 +71,9 @@ static inline __attribute__((always_inline)) QUILL_AVX2 void q8x8_rows(const uin
         for (int line = 0; line < 5; line++) _mm_prefetch((const char *)blk + Q8X8_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
         __m256i sums[4];
         for (int i = 0; i < rows; i++) sums[i] = _mm256_setzero_si256();
+        // Unrolled: one 8-row Q8_0x8 product ran 58.6-58.9 → 61.7-62.0 GMAC/s on one core (C
+        // benchmark, 8 activation rows, 2816 × 2048); clang leaves this loop rolled otherwise.
+        _Pragma("clang loop unroll(full)")
         for (int c = 0; c < 8; c++) {
             const __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 16 + 32 * c));
             const __m256i magnitude = _mm256_sign_epi8(w, w);
