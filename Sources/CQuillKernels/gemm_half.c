@@ -24,6 +24,7 @@
 #define PANEL 16
 #define KC 256
 #define MC 240  // a multiple of the micro-kernel's 6 rows
+_Static_assert(MC % 6 == 0, "group_rows pads a last group only when mc < MC");
 
 // Scalar: the same sums in the same blocks, for CPUs without AVX2.
 static void gemm_half_scalar(int bf16, const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys,
@@ -106,10 +107,12 @@ static inline QUILL_AVX2 void prefetch_row_part(const uint8_t *p, int64_t bytes)
     for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch((const char *)(p + b), _MM_HINT_T0);
 }
 
-// How many rows group g of an mc-row block holds: sixes, except that a remainder of one to
-// four rows ends the block as one or two groups of four (7 → 4 + 4 instead of 6 + 1, 8 → 4 + 4
-// instead of 6 + 2), so a 128-row prompt runs 20 × 6 + 2 × 4 rows instead of 22 × 6. A group
-// of four keeps 8 accumulators, enough to hide the FMA latency on both pipes.
+// How many rows the group starting at row `start` of an mc-row block holds: six, except at
+// the block's end, where 7 or 8 rows left go as 4 + 3 or 4 + 4 (not 6 + 1 or 6 + 2) and up to
+// 4 rows as one group of four lanes; so a 128-row prompt runs 20 × 6 + 2 × 4 rows instead of
+// 22 × 6. A group of four keeps 8 accumulators, enough to hide the FMA latency on both pipes.
+// A last group of 5 or 3 rows is padded to 6 or 4 lanes; that only happens when mc < MC (MC
+// is a multiple of 6), so the padding fits in xpack's MC × KC floats.
 static inline int64_t group_rows(int64_t mc, int64_t start) {
     const int64_t left = mc - start;
     if (left == 7 || left == 8) return 4;
