@@ -253,9 +253,9 @@ public enum Kernels {
         var start = begin
         while start < end {
             let stop = m == 1 ? end : min(end, start + 16)
-            // Float weights and several rows: 16 weight rows at a time (they stay in L1), two
-            // activation rows sharing each weight load. Groups of 4 rows start at `begin` as
-            // with one row, so the results are the same.
+            // Float weights and several rows: 16 weight rows per call, each pair of them read
+            // once for all the activation rows (three at a time). Groups of 4 rows start at
+            // `begin` as with one row, so the results are the same.
             if m > 1 && (job.type == .f32 || job.type == .f16 || job.type == .bf16) {
                 let w = part.weights, stride = part.stride, r0 = Int64(start), r1 = Int64(stop), y = part.output
                 switch job.type {
