@@ -160,97 +160,10 @@ void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t 
         }                                                                                    \
     }
 
-#define LOAD_F32(p) _mm256_loadu_ps(p)
-#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
-#define LOAD_BF16(p) \
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
-#define SCALAR_F32(v) (v)
-#define SCALAR_F16(v) _cvtsh_ss(v)
-#define SCALAR_BF16(v) quill_bf16_bits_to_f32(v)
 
 FLOAT_GEMV(quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
 FLOAT_GEMV(quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
 FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
-
-// Weight vectors W0 and W1 (columns at OFFSET) against every activation row of the tile.
-#define FLOAT_TILE_BLOCK(ACC0, ACC1, W0, W1, OFFSET)                                                 \
-    for (int j = 0; j < nj; j++) {                                                                   \
-        const __m256 xv = _mm256_loadu_ps(x + j * k + (OFFSET));                                     \
-        ACC0[j] = _mm256_fmadd_ps(W0, xv, ACC0[j]);                                                  \
-        ACC1[j] = _mm256_fmadd_ps(W1, xv, ACC1[j]);                                                  \
-    }
-
-// Two weight rows against up to three activation rows (x: rows k floats apart, y: outputs
-// ys apart): each weight vector is loaded (and converted) once for all of them. Every
-// (weight row, activation row) pair keeps its own a/b accumulators with exactly FLOAT_GEMV's
-// four-row-group arithmetic, so results are bit-identical to one row at a time. `next` (or
-// NULL) is the following pair's first row, prefetched at the same offset: the pair is read
-// from memory once, by the first call for it, and stays in L1 for the others.
-#define FLOAT_TILE(ELEM, LOAD8, SCALAR)                                                                \
-    static inline __attribute__((always_inline)) QUILL_AVX2 void float_tile_##ELEM##_##LOAD8(            \
-        const ELEM *p0, const ELEM *p1, const float *x, int64_t k, float *y, int64_t ys, const int nj,    \
-        const uint8_t *next) {                                                                         \
-        const int64_t gap = next ? next - (const uint8_t *)(const void *)p0 : 0;                      \
-        __m256 a0[3], b0[3], a1[3], b1[3];                                                             \
-        for (int j = 0; j < nj; j++) a0[j] = b0[j] = a1[j] = b1[j] = _mm256_setzero_ps();             \
-        int64_t i = 0;                                                                                 \
-        for (; i + 16 <= k; i += 16) {                                                                 \
-            if (next && (i * (int64_t)sizeof(ELEM)) % 64 == 0) {                                       \
-                _mm_prefetch((const char *)(p0 + i) + gap, _MM_HINT_T0);                               \
-                _mm_prefetch((const char *)(p1 + i) + gap, _MM_HINT_T0);                               \
-            }                                                                                          \
-            const __m256 w0 = LOAD8(p0 + i), w1 = LOAD8(p1 + i);                                       \
-            FLOAT_TILE_BLOCK(a0, a1, w0, w1, i);                                                       \
-            const __m256 v0 = LOAD8(p0 + i + 8), v1 = LOAD8(p1 + i + 8);                               \
-            FLOAT_TILE_BLOCK(b0, b1, v0, v1, i + 8);                                                   \
-        }                                                                                              \
-        for (; i + 8 <= k; i += 8) {                                                                   \
-            const __m256 w0 = LOAD8(p0 + i), w1 = LOAD8(p1 + i);                                       \
-            FLOAT_TILE_BLOCK(a0, a1, w0, w1, i);                                                       \
-        }                                                                                              \
-        for (int j = 0; j < nj; j++) {                                                                 \
-            const float *xj = x + j * k;                                                               \
-            float s0 = hsum256(_mm256_add_ps(a0[j], b0[j])), s1 = hsum256(_mm256_add_ps(a1[j], b1[j])); \
-            for (int64_t c = i; c < k; c++) {                                                          \
-                s0 += SCALAR(p0[c]) * xj[c];                                                           \
-                s1 += SCALAR(p1[c]) * xj[c];                                                           \
-            }                                                                                          \
-            y[j * ys] = s0;                                                                            \
-            y[j * ys + 1] = s1;                                                                        \
-        }                                                                                              \
-    }
-
-// m activation rows (x: m rows of k floats; y row i at y + i·ys). The weight rows FLOAT_GEMV
-// takes in groups of four go a pair at a time, each pair against the activation rows three at
-// a time (2 × 3 × 2 = 12 accumulators), so a pair is streamed from memory once for all m rows.
-// The tail weight rows go through FLOAT_GEMV itself: bit-identical per row. Measured against
-// the previous order (activation rows two at a time, each pair of them sweeping all weight
-// rows, which read every weight row m/2 times), 8 rows of 2048×2048, 5632×2048 and 2048×5632
-// F16 on two threads: 42–71 → 67–113 GFLOPS (a throwaway C benchmark, not committed),
-// 10.1–12.4 → 10.9–13.9 GB/s of weights (tensorcore-bench --gemv-rows 8).
-#define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR)                                           \
-    FLOAT_TILE(ELEM, LOAD8, SCALAR)                                                                  \
-    void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys,    \
-                         int64_t r0, int64_t r1, int64_t m) {                                        \
-        const int64_t grouped = r0 + (r1 - r0) / 4 * 4;                                              \
-        for (int64_t r = r0; r < grouped; r += 2) {                                                  \
-            const ELEM *p0 = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);              \
-            const ELEM *p1 = (const ELEM *)(const void *)((const uint8_t *)p0 + rs);                 \
-            const uint8_t *next = r + 2 < grouped ? (const uint8_t *)p1 + rs : NULL;                 \
-            int64_t j = 0;                                                                           \
-            for (; j + 3 <= m; j += 3)                                                               \
-                float_tile_##ELEM##_##LOAD8(p0, p1, x + j * k, k, y + j * ys + r, ys, 3, j == 0 ? next : NULL); \
-            if (m - j == 2)                                                                          \
-                float_tile_##ELEM##_##LOAD8(p0, p1, x + j * k, k, y + j * ys + r, ys, 2, j == 0 ? next : NULL); \
-            else if (m - j == 1)                                                                     \
-                float_tile_##ELEM##_##LOAD8(p0, p1, x + j * k, k, y + j * ys + r, ys, 1, j == 0 ? next : NULL); \
-        }                                                                                            \
-        for (int64_t j = 0; j < m; j++) SINGLE(w, rs, x + j * k, k, y + j * ys, grouped, r1);        \
-    }
-
-FLOAT_GEMV_ROWS(quill_gemv_f32_rows_avx2, quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
-FLOAT_GEMV_ROWS(quill_gemv_f16_rows_avx2, quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
-FLOAT_GEMV_ROWS(quill_gemv_bf16_rows_avx2, quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
 
 // MARK: - Quantized GEMV (int8 dot products, as ggml does)
 //

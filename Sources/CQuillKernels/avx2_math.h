@@ -5,6 +5,15 @@
 #ifdef QUILL_X86
 #include <immintrin.h>
 
+// Eight float-matrix elements at p as floats (LOAD_*), and one element (SCALAR_*).
+#define LOAD_F32(p) _mm256_loadu_ps((const float *)(const void *)(p))
+#define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define LOAD_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))), 16))
+#define SCALAR_F32(v) (v)
+#define SCALAR_F16(v) _cvtsh_ss(v)
+#define SCALAR_BF16(v) quill_bf16_bits_to_f32(v)
+
 // The sum of the eight lanes.
 static inline QUILL_AVX2 float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

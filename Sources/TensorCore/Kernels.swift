@@ -250,35 +250,29 @@ public enum Kernels {
                                  Int64(begin), Int64(end), Int64(m))
             return
         }
-        var start = begin
-        while start < end {
-            let stop = m == 1 ? end : min(end, start + 16)
-            // Float weights and several rows: 16 weight rows per call, each pair of them read
-            // once for all the activation rows (three at a time). Groups of 4 rows start at
-            // `begin` as with one row, so the results are the same.
-            if m > 1 && (job.type == .f32 || job.type == .f16 || job.type == .bf16) {
-                let w = part.weights, stride = part.stride, r0 = Int64(start), r1 = Int64(stop), y = part.output
-                switch job.type {
-                case .f32: quill_gemv_f32_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
-                case .f16: quill_gemv_f16_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
-                default: quill_gemv_bf16_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
-                }
-                start = stop
-                continue
+        let w = part.weights, stride = part.stride, r0 = Int64(begin), r1 = Int64(end)
+        // Float weights and several rows: each weight row is read once for all of them (once
+        // per 16 on the three-row path), in groups of four that start at `begin` as with one
+        // row, so the results are the same.
+        if m > 1 && (job.type == .f32 || job.type == .f16 || job.type == .bf16) {
+            let y = part.output
+            switch job.type {
+            case .f32: quill_gemv_f32_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+            case .f16: quill_gemv_f16_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
+            default: quill_gemv_bf16_rows(w, stride, input, Int64(k), y, Int64(n), r0, r1, Int64(m))
             }
-            for i in 0..<m {
-                let x = input + i * k, y = part.output + i * n
-                let r0 = Int64(start), r1 = Int64(stop), w = part.weights, stride = part.stride
-                switch job.type {
-                case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
-                case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
-                case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
-                case .q8_0: quill_gemv_q8_0(w, stride, blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
-                case .q4_0: quill_gemv_q4_0(w, stride, pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
-                case .q4_0x8, .q8_0x8: break  // handled above
-                }
+            return
+        }
+        for i in 0..<m {
+            let x = input + i * k, y = part.output + i * n
+            switch job.type {
+            case .f32: quill_gemv_f32(w, stride, x, Int64(k), y, r0, r1)
+            case .f16: quill_gemv_f16(w, stride, x, Int64(k), y, r0, r1)
+            case .bf16: quill_gemv_bf16(w, stride, x, Int64(k), y, r0, r1)
+            case .q8_0: quill_gemv_q8_0(w, stride, blockActivations! + i * (k / 32), Int64(k), y, r0, r1)
+            case .q4_0: quill_gemv_q4_0(w, stride, pairActivations! + i * ((k / 32 + 1) / 2), Int64(k), y, r0, r1)
+            case .q4_0x8, .q8_0x8: break  // handled above
             }
-            start = stop
         }
     }
 

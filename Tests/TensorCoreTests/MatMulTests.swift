@@ -139,21 +139,24 @@ import Testing
             // Float rows over 8 KB go in groups of four (F32 from 2080, F16/BF16 from 4128);
             // 100, 4136 and 8200 columns leave the pair kernel scalar and 8-column tails.
             let floatOnly = type.isQuantized ? [] : [100, 4136, 8200]
-            for (index, k) in ([32, 96, 160, 256, 2080, 4128] + floatOnly).enumerated() {
-                let n = Self.rows(37, type), m = 9
+            // Float kernels take activation rows three at a time (7 and 9 rows leave one and
+            // none over), or, for 4, 8, 10 and 20 rows, three weight rows at a time against
+            // activation pairs in blocks of 16 rows (20: two blocks); 43 weight rows leave
+            // 12 triples and 2 pairs, 37 rows 12 triples and no pair.
+            let shapes = type.isQuantized ? [(Self.rows(37, type), 9)] : [(37, 20), (43, 10)]
+            let cases = ([32, 96, 160, 256, 2080, 4128] + floatOnly).flatMap { k in shapes.map { (k, $0.0, $0.1) } }
+            for (index, (k, n, m)) in cases.enumerated() {
                 let w = try weight(type, n: n, k: k, seed: UInt64(200 + index))
                 let input = try FloatBuffer(rows: m, columns: k, values: randomFloats(m * k, seed: UInt64(300 + index), scale: 2))
                 let alone = try FloatBuffer(rows: m, columns: n)
                 for i in 0..<m {
                     try Kernels.matmul(weight: w, input: input, rows: i..<i + 1, output: alone, path: .rowwise, context: context)
                 }
-                // Float kernels take activation rows three at a time: 7, 8 and 9 rows leave
-                // one, two and no rows over.
-                for rows in type.isQuantized ? [m] : [7, 8, m] {
+                for rows in type.isQuantized ? [m] : [4, 7, 8, 9, m] {
                     let together = try FloatBuffer(rows: m, columns: n)
                     try Kernels.matmul(weight: w, input: input, rows: 0..<rows, output: together, path: .rowwise, context: context)
                     for i in 0..<rows {
-                        #expect(together.values(ofRow: i) == alone.values(ofRow: i), "\(type) k=\(k) m=\(rows) row \(i)")
+                        #expect(together.values(ofRow: i) == alone.values(ofRow: i), "\(type) k=\(k) n=\(n) m=\(rows) row \(i)")
                     }
                 }
             }
