@@ -160,7 +160,7 @@ void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t 
         }                                                                                    \
     }
 
-
+// (The same products over several activation rows, bit for bit: gemv_rows.c.)
 FLOAT_GEMV(quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
 FLOAT_GEMV(quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
 FLOAT_GEMV(quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
