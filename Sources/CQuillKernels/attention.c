@@ -65,7 +65,6 @@ void quill_kv_dequantize_q8_0(const void *run, int64_t d, int64_t bs, int values
 #include "avx2_math.h"
 void quill_exp_avx2(float *x, int64_t n);
 
-
 // Four heads × 16 keys in 8 accumulators (bs must be 16); F16 keys are converted in the
 // loads, so a block is never copied. kT holds ELEM values, [d][16].
 #define BLOCK_SCORES(NAME, ELEM, LOAD)                                                                     \

@@ -122,9 +122,10 @@
 // FLOAT_GEMV itself. When m is even, at least 4 and not a multiple of 3, most weight rows go
 // three at a time against activation pairs (fewer activation loads per FMA), the rest a
 // pair at a time against activation triples, as every other m does. Measured against pairs
-// for every m (a throwaway C benchmark, one core, F16 2048×2048 and 5632×2048, medians of 21
-// alternations): 8 rows 1.09–1.24×, 4 rows 1.18–1.33×, 16 rows 1.11×; 2 rows 0.99×, 3 rows
-// 0.73×, 5–7 rows 0.96–0.99×, which keep the pairs.
+// for every m (a throwaway C benchmark, one core, F16, old and new kernel in one process,
+// medians of 21 alternations): 8 rows 1.08–1.34× (2048×2048, 5632×2048, 2048×5632), 4 rows
+// 1.25×, 10 and 16 rows 1.12×, 20 rows 1.02×, k = 768 0.98–1.05×. Three-row tiles were no
+// faster at 2 and 5–7 rows and 0.73× at 3, so those keep the pairs.
 #define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR)                                           \
     FLOAT_TILE(ELEM, LOAD8, SCALAR)                                                                  \
     FLOAT_TRIPLE_ROWS(ELEM, LOAD8, SCALAR)                                                           \
