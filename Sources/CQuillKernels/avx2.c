@@ -79,38 +79,21 @@ void QUILL_AVX2 quill_bf16_to_f32_avx2(const uint16_t *src, float *dst, int64_t 
 // three alternations). A fixed 1 KB ahead along each row made both slower.
 #define FLOAT_PREFETCH(p) _mm_prefetch((const char *)(p) + 4 * rs, _MM_HINT_T0)
 
-// Rows shorter than FLOAT_STREAM_BYTES go one after another instead: four short rows are
-// four streams the prefetchers restart every few KB, while consecutive rows are one stream.
-// Each row then gets the four-row group's arithmetic (a and b per 16 columns), so FLOAT_PAIR
-// stays bit-identical. Measured with tensorcore-bench, 2 threads, F16 (F32): 3072×768
-// 0.63–0.75 → 0.84–0.85 (0.70–0.85 → 0.97–1.06) of the bandwidth, 50280×768 0.77 → 0.89–0.99;
-// at 2048×5632 (11 KB rows) the groups stayed ahead, 0.96–1.03 against 0.84–0.88. Rows of
-// exactly 4 KB (k = 2048 in F16/BF16, the 1.1B's q, o, gate, up and output head) stream too:
-// 2048×2048, 5632×2048 and 32000×2048 F16 went from 19–25 to 32–33 GB/s (tensorcore-bench,
-// 2 threads, two alternations), 1.1B F16 decode 11.5–13.1 → 14.4–14.5 tok/s (quill bench);
-// 16 KB, which would also stream the 11 KB rows, was no faster there (24–25 GB/s either way).
-#define FLOAT_STREAM_BYTES 8192
+// Every row length takes the four-row groups. Sessions 10-12 streamed rows shorter than 8 KB
+// one after another instead (four short rows looked like four streams the prefetchers
+// restart every few KB), which measured faster on that host: 2048×2048, 5632×2048 and
+// 32000×2048 F16 from 19-25 to 32-33 GB/s. On this project's host of 2026-12-04 it was the
+// other way round: tensorcore-bench --only gemv --threads 2, three alternations with the
+// streaming build, F16 at k = 2048 (5632×2048, 2048×2048, 32000×2048) 0.69-0.76 -> 0.99-1.15
+// of the bandwidth, at k = 768 (3072×768, 50280×768) 0.68-0.72 -> 0.93-0.98, F32 at k = 768
+// 0.79-0.83 -> 0.95-0.99; quill bench decode, 1.1B F16 8.8-10.2 -> 12.3-13.3 tok/s and
+// Mamba-130M F16 68-77 -> 91-100 (three alternations). The groups' software prefetch keeps
+// four rows' lines in flight however the hardware prefetcher treats the streams.
 
 #define FLOAT_GEMV(NAME, ELEM, LOAD8, SCALAR)                                               \
     void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y,    \
                          int64_t r0, int64_t r1) {                                           \
         int64_t r = r0;                                                                      \
-        if (k * (int64_t)sizeof(ELEM) < FLOAT_STREAM_BYTES) {                                \
-            for (; r < r1; r++) {                                                            \
-                const ELEM *p = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);   \
-                __m256 a = _mm256_setzero_ps(), b = a;                                       \
-                int64_t i = 0;                                                               \
-                for (; i + 16 <= k; i += 16) {                                               \
-                    a = _mm256_fmadd_ps(LOAD8(p + i), _mm256_loadu_ps(x + i), a);            \
-                    b = _mm256_fmadd_ps(LOAD8(p + i + 8), _mm256_loadu_ps(x + i + 8), b);    \
-                }                                                                            \
-                for (; i + 8 <= k; i += 8) a = _mm256_fmadd_ps(LOAD8(p + i), _mm256_loadu_ps(x + i), a); \
-                float s = hsum256(_mm256_add_ps(a, b));                                      \
-                for (; i < k; i++) s += SCALAR(p[i]) * x[i];                                 \
-                y[r] = s;                                                                    \
-            }                                                                                \
-            return;                                                                          \
-        }                                                                                    \
         for (; r + 4 <= r1; r += 4) {                                                        \
             const ELEM *p0 = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);      \
             const ELEM *p1 = (const ELEM *)(const void *)((const uint8_t *)p0 + rs);         \
