@@ -65,8 +65,12 @@ static void gemv_q4_0x8_rows_scalar(const void *w, int64_t k, const quill_activa
 // core streams a matrix at 14 GB/s (the kernel's loads leave too few misses in flight) and
 // two at 17-23 GB/s; with it 17 and 26-29 GB/s, the plain read rate (a C benchmark over an
 // 82 MB matrix, 1 and 2 threads). Prefetches never fault, so running past the end is safe.
+// 4 KB ahead, not 1 KB: on the host of 2026-12-04 (tensorcore-bench --only gemv --threads 2
+// --types q4_0x8,q8_0x8 --shapes 5632x2048,2048x5632, two alternations of 1, 2, 4 and 8 KB)
+// Q4_0x8 went from 0.74-0.80 of the bandwidth at 1 KB to 0.85-0.86 at 2 KB, 0.87-0.90 at
+// 4 KB and 0.80-0.89 at 8 KB; Q8_0x8 (the same distance, q8x8.c) 0.80-0.86 -> 0.87-0.92.
 #ifndef Q4X8_PREFETCH_BYTES
-#define Q4X8_PREFETCH_BYTES 1024
+#define Q4X8_PREFETCH_BYTES 4096
 #endif
 
 // `rows` (1 to 4) activation rows against `groups` (1 or 2) consecutive groups of eight
