@@ -4,8 +4,9 @@
 // arithmetic: a and b accumulators over alternate 8-column vectors, then hsum(a + b), then
 // the scalar tail. Within that, a tile of weight rows × activation rows reads each weight
 // vector once for its activation rows (and converts it: an F16 conversion costs about one
-// FMA slot) and each activation vector once for its weight rows; 12 accumulators allow
-// 2 × 3 or 3 × 2.
+// FMA slot) and each activation vector once for its weight rows: a pair of weight rows ×
+// three activation rows with both parities (12 accumulators), or, from four activation rows
+// on, three weight rows × four activation rows one parity at a time (SPLIT_ROWS).
 #include "internal.h"
 #ifdef QUILL_X86
 #include <immintrin.h>
@@ -59,93 +60,132 @@
         }                                                                                              \
     }
 
-#define TRIPLE_KC 256     // columns per chunk of a three-row tile: two activation rows stay in L1
-#define TRIPLE_BLOCK 16   // activation rows a group of three weight rows keeps accumulators for
+#define SPLIT_KC 256     // columns per chunk: 16 activation rows' chunk (16 KB) and the converted weights (3 KB) stay in L1
+#define SPLIT_BLOCK 16   // activation rows per block: 2 × 16 × 3 accumulators live on the stack
 
-// Three weight rows (p, re elements apart) against two activation rows (x: k floats apart)
-// over columns [c, c + len), len a multiple of 16, continuing the a/b accumulators
-// acc[(j * 3 + r) * 2 + {0: a, 1: b}]. `next` as in FLOAT_TILE.
-#define FLOAT_TRIPLE(ELEM, LOAD8)                                                                      \
-    static inline __attribute__((always_inline)) QUILL_AVX2 void float_triple_##ELEM##_##LOAD8(          \
-        const ELEM *p, int64_t re, const float *x, int64_t k, int64_t c, int64_t len, __m256 *acc,      \
-        const uint8_t *next) {                                                                         \
-        const int64_t gap = next ? next - (const uint8_t *)(const void *)p : 0;                       \
-        __m256 a[6], b[6];                                                                             \
-        for (int q = 0; q < 6; q++) a[q] = acc[2 * q], b[q] = acc[2 * q + 1];                         \
+// One parity of R weight rows (p, re elements apart) × J activation rows (x: k floats
+// apart) over columns [c, c + len), 16 at a time: parity 0 visits the first 8 of every 16
+// columns (FLOAT_GEMV's a accumulators), parity 1 the second 8 (b), so R × J accumulators
+// suffice where both parities at once would need twice as many registers; acc[j * R + r]
+// carries them from chunk to chunk. With `out`, the weights come from the matrix, are
+// converted and kept in out (R rows of SPLIT_KC floats, indexed from c) for the other
+// activation groups of the chunk, and the rows `gap` bytes further are prefetched; without,
+// they are read back from `kept`. F32 weights (KEEP 0) need no conversion: every group reads
+// them from the matrix (from L1 after the first), which measured faster than keeping a copy.
+#define SPLIT_PASS(ELEM, LOAD8, KEEP)                                                                        \
+    static inline __attribute__((always_inline)) QUILL_AVX2 void split_pass_##ELEM##_##LOAD8(            \
+        const int R, const int J, const ELEM *p, int64_t re, const float *kept, float *out,             \
+        const float *x, int64_t k, int64_t c, int64_t len, __m256 *acc, int64_t gap) {                 \
+        __m256 a[12];                                                                                  \
+        for (int q = 0; q < R * J; q++) a[q] = acc[q];                                                \
         for (int64_t i = c; i < c + len; i += 16) {                                                    \
-            if (next && (i * (int64_t)sizeof(ELEM)) % 64 == 0)                                         \
-                for (int r = 0; r < 3; r++) _mm_prefetch((const char *)(p + r * re + i) + gap, _MM_HINT_T0); \
-            for (int r = 0; r < 3; r++) {                                                              \
-                const __m256 w = LOAD8(p + r * re + i);                                                \
-                for (int j = 0; j < 2; j++) a[j * 3 + r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + j * k + i), a[j * 3 + r]); \
+            __m256 w[3];                                                                               \
+            if (out) {                                                                                 \
+                if (gap && (i * (int64_t)sizeof(ELEM)) % 64 == 0)                                      \
+                    for (int r = 0; r < R; r++) _mm_prefetch((const char *)(p + r * re + i) + gap, _MM_HINT_T0); \
+                for (int r = 0; r < R; r++) {                                                          \
+                    w[r] = LOAD8(p + r * re + i);                                                      \
+                    if (KEEP) _mm256_store_ps(out + r * SPLIT_KC + (i - c), w[r]);                     \
+                }                                                                                      \
+            } else {                                                                                   \
+                for (int r = 0; r < R; r++)                                                            \
+                    w[r] = KEEP ? _mm256_load_ps(kept + r * SPLIT_KC + (i - c)) : LOAD8(p + r * re + i); \
             }                                                                                          \
-            for (int r = 0; r < 3; r++) {                                                              \
-                const __m256 w = LOAD8(p + r * re + i + 8);                                            \
-                for (int j = 0; j < 2; j++) b[j * 3 + r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + j * k + i + 8), b[j * 3 + r]); \
+            for (int j = 0; j < J; j++) {                                                              \
+                const __m256 xv = _mm256_loadu_ps(x + j * k + i);                                      \
+                for (int r = 0; r < R; r++) a[j * R + r] = _mm256_fmadd_ps(w[r], xv, a[j * R + r]);   \
             }                                                                                          \
         }                                                                                              \
-        for (int q = 0; q < 6; q++) acc[2 * q] = a[q], acc[2 * q + 1] = b[q];                         \
+        for (int q = 0; q < R * J; q++) acc[q] = a[q];                                                \
     }
 
-// Three weight rows against an even number mb ≤ TRIPLE_BLOCK of activation rows, two at a
-// time, chunk by chunk of columns, so the chunk of every activation row stays in L1 while
-// the three rows' chunk is in L1 too; then each pair's 8-column and scalar tails.
-#define FLOAT_TRIPLE_ROWS(ELEM, LOAD8, SCALAR)                                                         \
-    FLOAT_TRIPLE(ELEM, LOAD8)                                                                          \
-    static QUILL_AVX2 void float_triple_rows_##ELEM##_##LOAD8(const ELEM *p, int64_t rs, const float *x, \
-                                                              int64_t k, float *y, int64_t ys, int64_t mb, \
-                                                              const uint8_t *next) {                   \
+// R (2 or 3) weight rows against mb activation rows (4 ≤ mb ≤ SPLIT_BLOCK), chunk by chunk
+// of columns: the first four activation rows convert the chunk's weights, the others (four
+// at a time, then the one to three left) reuse them from L1; then each pair's 8-column and
+// scalar tails as FLOAT_GEMV does. `next` (or NULL) is the next group's first row.
+#define SPLIT_ROWS(ELEM, LOAD8, SCALAR, KEEP)                                                          \
+    SPLIT_PASS(ELEM, LOAD8, KEEP)                                                                            \
+    static inline __attribute__((always_inline)) QUILL_AVX2 void split_rows_##ELEM##_##LOAD8(            \
+        const int R, const ELEM *p, int64_t rs, const float *x, int64_t k, float *y, int64_t ys,        \
+        int64_t mb, const uint8_t *next) {                                                             \
         const int64_t re = rs / (int64_t)sizeof(ELEM), k16 = k / 16 * 16;                              \
-        __m256 acc[TRIPLE_BLOCK * 6];                                                                  \
-        for (int64_t q = 0; q < 6 * mb; q++) acc[q] = _mm256_setzero_ps();                            \
-        for (int64_t c = 0; c < k16; c += TRIPLE_KC) {                                                 \
-            const int64_t len = k16 - c < TRIPLE_KC ? k16 - c : TRIPLE_KC;                             \
-            for (int64_t j = 0; j < mb; j += 2)                                                        \
-                float_triple_##ELEM##_##LOAD8(p, re, x + j * k, k, c, len, acc + 6 * j, j == 0 ? next : NULL); \
+        const int64_t gap = next ? next - (const uint8_t *)(const void *)p : 0;                       \
+        __m256 acc[2 * SPLIT_BLOCK * 3]; /* [parity][activation row j][weight row r] */                \
+        float kept[3 * SPLIT_KC] __attribute__((aligned(32)));                                        \
+        __m256 *b = acc + mb * R;                                                                      \
+        for (int64_t q = 0; q < 2 * mb * R; q++) acc[q] = _mm256_setzero_ps();                        \
+        for (int64_t c = 0; c < k16; c += SPLIT_KC) {                                                  \
+            const int64_t len = k16 - c < SPLIT_KC ? k16 - c : SPLIT_KC;                               \
+            split_pass_##ELEM##_##LOAD8(R, 4, p, re, NULL, kept, x, k, c, len, acc, gap);              \
+            split_pass_##ELEM##_##LOAD8(R, 4, p, re, NULL, kept + 8, x, k, c + 8, len - 8, b, 0);     \
+            int64_t j = 4;                                                                             \
+            for (; j + 4 <= mb; j += 4) {                                                              \
+                split_pass_##ELEM##_##LOAD8(R, 4, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
+                split_pass_##ELEM##_##LOAD8(R, 4, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
+            }                                                                                          \
+            switch (mb - j) {                                                                          \
+            case 3:                                                                                    \
+                split_pass_##ELEM##_##LOAD8(R, 3, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
+                split_pass_##ELEM##_##LOAD8(R, 3, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
+                break;                                                                                 \
+            case 2:                                                                                    \
+                split_pass_##ELEM##_##LOAD8(R, 2, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
+                split_pass_##ELEM##_##LOAD8(R, 2, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
+                break;                                                                                 \
+            case 1:                                                                                    \
+                split_pass_##ELEM##_##LOAD8(R, 1, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
+                split_pass_##ELEM##_##LOAD8(R, 1, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
+                break;                                                                                 \
+            }                                                                                          \
         }                                                                                              \
         for (int64_t j = 0; j < mb; j++)                                                               \
-            for (int r = 0; r < 3; r++) {                                                              \
+            for (int r = 0; r < R; r++) {                                                              \
                 const ELEM *pr = p + r * re;                                                           \
                 const float *xj = x + j * k;                                                           \
-                __m256 a = acc[(j * 3 + r) * 2], b = acc[(j * 3 + r) * 2 + 1];                         \
+                __m256 av = acc[j * R + r], bv = b[j * R + r];                                         \
                 int64_t i = k16;                                                                       \
-                for (; i + 8 <= k; i += 8) a = _mm256_fmadd_ps(LOAD8(pr + i), _mm256_loadu_ps(xj + i), a); \
-                float s = hsum256(_mm256_add_ps(a, b));                                                \
+                for (; i + 8 <= k; i += 8) av = _mm256_fmadd_ps(LOAD8(pr + i), _mm256_loadu_ps(xj + i), av); \
+                float s = hsum256(_mm256_add_ps(av, bv));                                              \
                 for (; i < k; i++) s += SCALAR(pr[i]) * xj[i];                                         \
                 y[j * ys + r] = s;                                                                     \
             }                                                                                          \
     }
 
 // m activation rows (x: m rows of k floats; y row i at y + i·ys). The weight rows FLOAT_GEMV
-// takes in groups of four go through tiles, so each is streamed from memory once for all m
-// rows (once per TRIPLE_BLOCK rows on the three-row path); the tail weight rows go through
-// FLOAT_GEMV itself. When m is even, at least 4 and not a multiple of 3, most weight rows go
-// three at a time against activation pairs (fewer activation loads per FMA), the rest a
-// pair at a time against activation triples, as every other m does. Measured against pairs
-// for every m (a throwaway C benchmark, one core, F16, old and new kernel in one process,
-// medians of 21 alternations): 8 rows 1.08–1.34× (2048×2048, 5632×2048, 2048×5632), 4 rows
-// 1.25×, 10 and 16 rows 1.12×, 20 rows 1.02×, k = 768 0.98–1.05×. Three-row tiles were no
-// faster at 2 and 5–7 rows and 0.73× at 3, so those keep the pairs.
-#define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR)                                           \
+// takes in groups of four are streamed from memory once for every block of up to
+// SPLIT_BLOCK activation rows: from 4 rows on, three weight rows at a time (two for the
+// last one or two pairs, so every group count works), the parities apart and the converted
+// weights reused from L1 (an F16 conversion costs about an FMA slot, so converting once for
+// all rows of the block is what helps most); 2 or 3 rows go a pair of weight rows at a time
+// against all of them. The tail weight rows go through FLOAT_GEMV itself. Measured against
+// the kernel it replaced (three weight rows × two activation rows, both parities at once;
+// a throwaway C benchmark, one core, F16 5628×2048 and 2046×5632 from DRAM, best of 7):
+// 8 rows 1.24–1.28×, 4 rows 1.04× (see the CHANGELOG for the model figures).
+#define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR, KEEP)                                     \
     FLOAT_TILE(ELEM, LOAD8, SCALAR)                                                                  \
-    FLOAT_TRIPLE_ROWS(ELEM, LOAD8, SCALAR)                                                           \
+    SPLIT_ROWS(ELEM, LOAD8, SCALAR, KEEP)                                                                  \
     void QUILL_AVX2 NAME(const void *w, int64_t rs, const float *x, int64_t k, float *y, int64_t ys,    \
                          int64_t r0, int64_t r1, int64_t m) {                                        \
         const int64_t grouped = r0 + (r1 - r0) / 4 * 4;                                              \
         int64_t r = r0;                                                                              \
-        if (m >= 4 && m % 2 == 0 && m % 3 != 0) {                                                    \
+        if (m >= 4) {                                                                                \
             int64_t triples = (grouped - r0) / 3;                                                    \
             if ((grouped - r0 - 3 * triples) % 2) triples--; /* leave pairs */                       \
-            const int64_t end = r0 + 3 * triples;                                                    \
-            for (int64_t j0 = 0; j0 < m; j0 += TRIPLE_BLOCK) {                                       \
-                const int64_t mb = m - j0 < TRIPLE_BLOCK ? m - j0 : TRIPLE_BLOCK;                    \
-                for (int64_t t = r0; t < end; t += 3) {                                              \
+            const int64_t pairs_from = r0 + 3 * triples;                                             \
+            /* Blocks of at most SPLIT_BLOCK rows, as even as can be: each holds at least 4. */      \
+            for (int64_t j0 = 0, mb; j0 < m; j0 += mb) {                                             \
+                const int64_t blocks = (m - j0 + SPLIT_BLOCK - 1) / SPLIT_BLOCK;                     \
+                mb = (m - j0 + blocks - 1) / blocks;                                                 \
+                for (int64_t t = r0; t < grouped;) {                                                 \
+                    const int64_t n = t < pairs_from ? 3 : 2;                                        \
                     const ELEM *p = (const ELEM *)(const void *)((const uint8_t *)w + t * rs);       \
-                    const uint8_t *next = t + 3 < end ? (const uint8_t *)(const void *)p + 3 * rs : NULL; \
-                    float_triple_rows_##ELEM##_##LOAD8(p, rs, x + j0 * k, k, y + j0 * ys + t, ys, mb, next); \
+                    const uint8_t *next = t + n < grouped ? (const uint8_t *)(const void *)p + n * rs : NULL; \
+                    if (n == 3) split_rows_##ELEM##_##LOAD8(3, p, rs, x + j0 * k, k, y + j0 * ys + t, ys, mb, next); \
+                    else split_rows_##ELEM##_##LOAD8(2, p, rs, x + j0 * k, k, y + j0 * ys + t, ys, mb, next); \
+                    t += n;                                                                          \
                 }                                                                                    \
             }                                                                                        \
-            r = end;                                                                                 \
+            r = grouped;                                                                             \
         }                                                                                            \
         for (; r < grouped; r += 2) {                                                                \
             const ELEM *p0 = (const ELEM *)(const void *)((const uint8_t *)w + r * rs);              \
@@ -162,8 +202,8 @@
         for (int64_t j = 0; j < m; j++) SINGLE(w, rs, x + j * k, k, y + j * ys, grouped, r1);        \
     }
 
-FLOAT_GEMV_ROWS(quill_gemv_f32_rows_avx2, quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32)
-FLOAT_GEMV_ROWS(quill_gemv_f16_rows_avx2, quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16)
-FLOAT_GEMV_ROWS(quill_gemv_bf16_rows_avx2, quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16)
+FLOAT_GEMV_ROWS(quill_gemv_f32_rows_avx2, quill_gemv_f32_avx2, float, LOAD_F32, SCALAR_F32, 0)
+FLOAT_GEMV_ROWS(quill_gemv_f16_rows_avx2, quill_gemv_f16_avx2, uint16_t, LOAD_F16, SCALAR_F16, 1)
+FLOAT_GEMV_ROWS(quill_gemv_bf16_rows_avx2, quill_gemv_bf16_avx2, uint16_t, LOAD_BF16, SCALAR_BF16, 1)
 
 #endif  // QUILL_X86

@@ -140,10 +140,10 @@ import Testing
             // (37 and 43 rows) alone; 100, 4136 and 8200 columns leave the pair kernel scalar
             // and 8-column tails.
             let floatOnly = type.isQuantized ? [] : [100, 4136, 8200]
-            // Float kernels take activation rows three at a time (7 and 9 rows leave one and
-            // none over), or, for 4, 8, 10 and 20 rows, three weight rows at a time against
-            // activation pairs in blocks of 16 rows (20: two blocks); 43 weight rows leave
-            // 12 triples and 2 pairs, 37 rows 12 triples and no pair.
+            // From 4 activation rows on, float kernels take three weight rows at a time against
+            // groups of four activation rows in blocks of at most 16 (7, 9 and 10 rows leave
+            // 3, 1 and 2 over; 20 rows are two blocks of 10); 43 weight rows leave 12 triples
+            // and 2 pairs, 37 rows 12 triples and no pair.
             let shapes = type.isQuantized ? [(Self.rows(37, type), 9)] : [(37, 20), (43, 10)]
             let cases = ([32, 96, 160, 256, 2080, 4128] + floatOnly).flatMap { k in shapes.map { (k, $0.0, $0.1) } }
             for (index, (k, n, m)) in cases.enumerated() {
