@@ -71,7 +71,7 @@
 // converted and kept in out (R rows of SPLIT_KC floats, indexed from c) for the other
 // activation groups of the chunk, and the rows `gap` bytes further are prefetched; without,
 // they are read back from `kept`. F32 weights (KEEP 0) need no conversion: every group reads
-// them from the matrix (from L1 after the first), which measured faster than keeping a copy.
+// them from the matrix (from L1 after the first): 0.90× the old kernel, a copy 0.88×.
 #define SPLIT_PASS(ELEM, LOAD8, KEEP)                                                                        \
     static inline __attribute__((always_inline)) QUILL_AVX2 void split_pass_##ELEM##_##LOAD8(            \
         const int R, const int J, const ELEM *p, int64_t re, const float *kept, float *out,             \
@@ -97,6 +97,14 @@
             }                                                                                          \
         }                                                                                              \
         for (int q = 0; q < R * J; q++) acc[q] = a[q];                                                \
+    }                                                                                                  \
+    /* Both parities: the a accumulators at acc, the b ones at b. */                                   \
+    static inline __attribute__((always_inline)) QUILL_AVX2 void split_both_##ELEM##_##LOAD8(            \
+        const int R, const int J, const ELEM *p, int64_t re, const float *kept, float *out,             \
+        const float *x, int64_t k, int64_t c, int64_t len, __m256 *acc, __m256 *b, int64_t gap) {       \
+        split_pass_##ELEM##_##LOAD8(R, J, p, re, kept, out, x, k, c, len, acc, gap);                    \
+        split_pass_##ELEM##_##LOAD8(R, J, p, re, kept ? kept + 8 : NULL, out ? out + 8 : NULL, x, k,    \
+                                    c + 8, len - 8, b, 0);                                             \
     }
 
 // R (2 or 3) weight rows against mb activation rows (4 ≤ mb ≤ SPLIT_BLOCK), chunk by chunk
@@ -116,26 +124,15 @@
         for (int64_t q = 0; q < 2 * mb * R; q++) acc[q] = _mm256_setzero_ps();                        \
         for (int64_t c = 0; c < k16; c += SPLIT_KC) {                                                  \
             const int64_t len = k16 - c < SPLIT_KC ? k16 - c : SPLIT_KC;                               \
-            split_pass_##ELEM##_##LOAD8(R, 4, p, re, NULL, kept, x, k, c, len, acc, gap);              \
-            split_pass_##ELEM##_##LOAD8(R, 4, p, re, NULL, kept + 8, x, k, c + 8, len - 8, b, 0);     \
+            split_both_##ELEM##_##LOAD8(R, 4, p, re, NULL, kept, x, k, c, len, acc, b, gap);           \
             int64_t j = 4;                                                                             \
-            for (; j + 4 <= mb; j += 4) {                                                              \
-                split_pass_##ELEM##_##LOAD8(R, 4, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
-                split_pass_##ELEM##_##LOAD8(R, 4, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
-            }                                                                                          \
+            for (; j + 4 <= mb; j += 4)                                                                \
+                split_both_##ELEM##_##LOAD8(R, 4, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, b + j * R, 0); \
+            /* J must be a constant for the passes to unroll, hence one call per remainder. */        \
             switch (mb - j) {                                                                          \
-            case 3:                                                                                    \
-                split_pass_##ELEM##_##LOAD8(R, 3, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
-                split_pass_##ELEM##_##LOAD8(R, 3, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
-                break;                                                                                 \
-            case 2:                                                                                    \
-                split_pass_##ELEM##_##LOAD8(R, 2, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
-                split_pass_##ELEM##_##LOAD8(R, 2, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
-                break;                                                                                 \
-            case 1:                                                                                    \
-                split_pass_##ELEM##_##LOAD8(R, 1, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, 0); \
-                split_pass_##ELEM##_##LOAD8(R, 1, p, re, kept + 8, NULL, x + j * k, k, c + 8, len - 8, b + j * R, 0); \
-                break;                                                                                 \
+            case 3: split_both_##ELEM##_##LOAD8(R, 3, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, b + j * R, 0); break; \
+            case 2: split_both_##ELEM##_##LOAD8(R, 2, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, b + j * R, 0); break; \
+            case 1: split_both_##ELEM##_##LOAD8(R, 1, p, re, kept, NULL, x + j * k, k, c, len, acc + j * R, b + j * R, 0); break; \
             }                                                                                          \
         }                                                                                              \
         for (int64_t j = 0; j < mb; j++)                                                               \
@@ -159,8 +156,9 @@
 // all rows of the block is what helps most); 2 or 3 rows go a pair of weight rows at a time
 // against all of them. The tail weight rows go through FLOAT_GEMV itself. Measured against
 // the kernel it replaced (three weight rows × two activation rows, both parities at once;
-// a throwaway C benchmark, one core, F16 5628×2048 and 2046×5632 from DRAM, best of 7):
-// 8 rows 1.24–1.28×, 4 rows 1.04× (see the CHANGELOG for the model figures).
+// a throwaway C benchmark, one core, F16 weights cycled from DRAM, best of 7, results
+// identical): 8 rows 1.18–1.23× (5632×2048, 2048×2048, 2048×5632), 16 rows 1.32×, 4–6 rows
+// 0.97–1.00×; F32 0.89× (see the CHANGELOG for the model figures).
 #define FLOAT_GEMV_ROWS(NAME, SINGLE, ELEM, LOAD8, SCALAR, KEEP)                                     \
     FLOAT_TILE(ELEM, LOAD8, SCALAR)                                                                  \
     SPLIT_ROWS(ELEM, LOAD8, SCALAR, KEEP)                                                                  \
